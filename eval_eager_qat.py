@@ -1,0 +1,48 @@
+"""Evaluate the PyTorch model (model_qat.pth) on the test split, with the fake INT8 quantization it was trained
+with switched on: the simulation of what ONNX Runtime's INT8 model computes, on identical batches.
+
+Writes results/<run>/metrics_eager_qat.json (or metrics_eager_fp32.json with --no-fake-quant, the default for a
+run trained with --no-qat) and the confusion matrix PNG.
+
+    python eval_eager_qat.py [--run-name NAME] [--batch-size 32] [--threads N] [--no-fake-quant | --fake-quant]
+"""
+
+from common import QUANT_CONFIG_FILE, STATE_DICT_FILE, base_parser, load_run, load_run_model, main_guard, require_file
+from evaluation import evaluate
+from quant_sim import QuantConfig, apply_fake_quant
+
+
+def parse_args():
+    p = base_parser(__doc__)
+    g = p.add_mutually_exclusive_group()
+    g.add_argument("--fake-quant", dest="fake_quant", action="store_true", default=None,
+                   help="simulate INT8 (default for QAT runs)")
+    g.add_argument("--no-fake-quant", dest="fake_quant", action="store_false",
+                   help="plain FP32 PyTorch (default for --no-qat runs)")
+    return p.parse_args()
+
+
+def main():
+    args = parse_args()
+    import torch
+
+    torch.set_num_threads(args.threads)
+    rdir, _ = load_run(args)
+    qcfg = QuantConfig.load(require_file(rdir / QUANT_CONFIG_FILE, "train_eager_qat.py"))
+    fake_quant = qcfg.qat if args.fake_quant is None else args.fake_quant
+    model = load_run_model(rdir)
+    if fake_quant:
+        apply_fake_quant(model, qcfg)
+    stage = "eager_qat" if fake_quant else "eager_fp32"
+
+    @torch.inference_mode()
+    def predict(batch):
+        return model(**{k: torch.from_numpy(v) for k, v in batch.items()}).logits.numpy()
+
+    evaluate(args, rdir, stage, rdir / STATE_DICT_FILE, predict, args.threads,
+             extra={"fake_quant": fake_quant, "quant_config": {k: getattr(qcfg, k) for k in
+                                                               ("weight_type", "per_channel", "reduce_range")}})
+
+
+if __name__ == "__main__":
+    main_guard(main)

@@ -1,0 +1,179 @@
+"""The evaluation shared by eval_onnx_int8_dynamic.py, eval_onnx_qat.py and eval_eager_qat.py.
+
+Every stage sees the same batches (texts sorted by length, padded per batch, same batch size), because
+ONNX Runtime's dynamic activation scales are per tensor and so depend on every row and pad of a batch.
+Writes results/<run>/metrics_<stage>.json and confusion_matrix_<stage>.png.
+"""
+
+from __future__ import annotations
+
+import json
+import platform
+import time
+from pathlib import Path
+
+import numpy as np
+
+from common import (PipelineError, atomic_output, check_known_labels, file_size_mb, load_run_labels, load_split,
+                    make_batches, results_dir, write_json)
+
+ISA_FLAGS = ("avx2", "avx512f", "avx512_vnni", "avx512_bf16", "avx_vnni", "amx_int8", "amx_tile")
+
+
+def cpu_info() -> dict:
+    """CPU model and the instruction-set flags that decide INT8 GEMM speed (VNNI, AMX)."""
+    model, flags = platform.processor() or platform.machine(), set()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name") and model in ("", platform.machine(), platform.processor()):
+                model = line.split(":", 1)[1].strip()
+            elif line.startswith("flags"):
+                flags = set(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    return {"model": model, "flags": {f: f in flags for f in ISA_FLAGS}}
+
+
+def ort_session(path: Path, threads: int):
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = threads
+    opts.inter_op_num_threads = 1
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    try:
+        return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+    except Exception as e:
+        raise PipelineError(f"{path} could not be loaded by ONNX Runtime ({str(e).splitlines()[0][:160]}): "
+                            f"re-create it with export_to_onnx.py / quantize_onnx_dynamic.py")
+
+
+def ort_predict_fn(session, n_labels: int, path: Path):
+    """A function batch -> logits for an ONNX Runtime session, after checking it outputs one logit per label."""
+    out = session.get_outputs()[0]
+    if isinstance(out.shape[-1], int) and out.shape[-1] != n_labels:
+        raise PipelineError(f"{path} outputs {out.shape[-1]} logits but the run has {n_labels} labels: "
+                            f"re-export this run")
+    names = [i.name for i in session.get_inputs()]
+    return lambda batch: session.run([out.name], {k: batch[k] for k in names})[0]
+
+
+def classification_metrics(y_true: np.ndarray, y_pred: np.ndarray, labels: list[str]) -> dict:
+    from sklearn.metrics import accuracy_score, confusion_matrix, precision_recall_fscore_support
+
+    ids = list(range(len(labels)))
+    p, r, f, s = precision_recall_fscore_support(y_true, y_pred, labels=ids, zero_division=0)
+    pm, rm, fm, _ = precision_recall_fscore_support(y_true, y_pred, labels=ids, average="macro", zero_division=0)
+    return {
+        "accuracy": float(accuracy_score(y_true, y_pred)),
+        "precision_macro": float(pm), "recall_macro": float(rm), "f1_macro": float(fm),
+        "per_class": {l: {"precision": float(p[i]), "recall": float(r[i]), "f1": float(f[i]), "support": int(s[i])}
+                      for i, l in enumerate(labels)},
+        "confusion_matrix": confusion_matrix(y_true, y_pred, labels=ids).tolist(),
+    }
+
+
+def plot_confusion_matrix(cm, labels, title, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    cm = np.asarray(cm)
+    fig, ax = plt.subplots(figsize=(1.2 * len(labels) + 3, 1.2 * len(labels) + 2.5))
+    ax.imshow(cm, cmap="Blues")
+    ax.set_xticks(range(len(labels)), labels, rotation=45, ha="right")
+    ax.set_yticks(range(len(labels)), labels)
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    ax.set_title(title, fontsize=10)
+    for i in range(len(labels)):
+        for j in range(len(labels)):
+            ax.text(j, i, str(cm[i, j]), ha="center", va="center", color="white" if cm[i, j] > cm.max() / 2 else "black")
+    fig.tight_layout()
+    with atomic_output(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=120)
+    plt.close(fig)
+
+
+def run_batches(predict, batches, n: int) -> tuple[np.ndarray, float]:
+    """Logits in the original row order, and the seconds the forward passes took."""
+    logits, elapsed = None, 0.0
+    for idx, batch in batches:
+        t0 = time.perf_counter()
+        out = np.asarray(predict(batch), dtype=np.float32)
+        elapsed += time.perf_counter() - t0
+        if logits is None:
+            logits = np.zeros((n, out.shape[-1]), dtype=np.float32)
+        logits[idx] = out
+    return logits, elapsed
+
+
+def compare_with_other_stages(rdir_results: Path, stage: str, metrics: dict) -> dict:
+    """Row-by-row agreement of predictions (and logit error) with every other stage of the run."""
+    out = {}
+    for path in sorted(rdir_results.glob("metrics_*.json")):
+        other = json.loads(path.read_text())
+        if other.get("stage") == stage or other.get("n_samples") != metrics["n_samples"]:
+            continue
+        a, b = np.array(metrics["predictions"]), np.array(other["predictions"])
+        entry = {"agreement": float((a == b).mean()), "n_disagree": int((a != b).sum()),
+                 "same_batches": other.get("batch_size") == metrics["batch_size"]}
+        if other.get("logits") and np.shape(other["logits"]) == np.shape(metrics["logits"]):
+            d = np.abs(np.array(metrics["logits"]) - np.array(other["logits"]))
+            entry.update(max_abs_logit_diff=float(d.max()), mean_abs_logit_diff=float(d.mean()))
+        out[other["stage"]] = entry
+    return out
+
+
+def evaluate(args, rdir: Path, stage: str, model_path: Path, predict, threads: int, extra: dict | None = None) -> dict:
+    """Evaluate predict (batch dict -> logits) on the test split; write metrics JSON and confusion matrix PNG."""
+    from transformers import AutoTokenizer
+
+    labels = load_run_labels(rdir)
+    info = json.loads((rdir / "run_info.json").read_text())
+    test = load_split(args.data_dir, "test", args.text_column, args.label_column)
+    check_known_labels(test, {l: i for i, l in enumerate(labels)}, f"{args.data_dir}/test.csv")
+    tokenizer = AutoTokenizer.from_pretrained(rdir)
+
+    t0 = time.perf_counter()
+    batches = make_batches(test.texts, tokenizer, info["input_names"], args.max_length, args.batch_size)
+    tokenize_s = time.perf_counter() - t0
+    predict(batches[0][1])  # warm-up: memory allocation, kernel selection
+    logits, infer_s = run_batches(predict, batches, len(test.texts))
+
+    y_true = np.array([labels.index(l) for l in test.labels])
+    y_pred = logits.argmax(-1)
+    metrics = {"stage": stage, "run": rdir.name, "model_file": str(model_path), **classification_metrics(y_true, y_pred, labels)}
+    metrics.update({
+        "samples_per_second": len(test.texts) / infer_s,
+        "samples_per_second_with_tokenization": len(test.texts) / (infer_s + tokenize_s),
+        "batch_size": args.batch_size, "threads": threads, "max_length": args.max_length,
+        "batching": "sorted by length, padded per batch",
+        "model_size_mb": file_size_mb(model_path), "n_samples": len(test.texts), "labels": labels,
+        "data": str(Path(args.data_dir) / "test.csv"), "cpu": cpu_info(), **(extra or {}),
+        "predictions": [labels[i] for i in y_pred], "logits": np.round(logits, 6).tolist(),
+    })
+    out_dir = results_dir(args)
+    metrics["agreement"] = compare_with_other_stages(out_dir, stage, metrics)
+    write_json(out_dir / f"metrics_{stage}.json", metrics)
+    plot_confusion_matrix(metrics["confusion_matrix"], labels,
+                          f"{rdir.name} / {stage}\naccuracy {metrics['accuracy']:.4f}, macro-F1 {metrics['f1_macro']:.4f}",
+                          out_dir / f"confusion_matrix_{stage}.png")
+    print_report(metrics, out_dir, stage)
+    return metrics
+
+
+def print_report(m: dict, out_dir: Path, stage: str) -> None:
+    print(f"{stage}: {m['n_samples']} test rows of {m['data']}")
+    print(f"  accuracy {m['accuracy']:.4f}  macro P/R/F1 {m['precision_macro']:.4f}/{m['recall_macro']:.4f}/"
+          f"{m['f1_macro']:.4f}")
+    for label, c in m["per_class"].items():
+        print(f"    {label:>12}: P {c['precision']:.4f} R {c['recall']:.4f} F1 {c['f1']:.4f} (n={c['support']})")
+    print(f"  {m['samples_per_second']:.1f} samples/s (batch {m['batch_size']}, {m['threads']} threads, after warm-up; "
+          f"{m['samples_per_second_with_tokenization']:.1f} with tokenization), model {m['model_size_mb']:.1f} MB")
+    for other, a in m["agreement"].items():
+        logit = f", max |logit diff| {a['max_abs_logit_diff']:.2e}" if "max_abs_logit_diff" in a else ""
+        batches = "" if a["same_batches"] else " (different batch size: not a like-for-like comparison)"
+        print(f"  agreement with {other}: {a['agreement'] * 100:.2f}% ({a['n_disagree']} rows differ){logit}{batches}")
+    print(f"  wrote {out_dir}/metrics_{stage}.json and confusion_matrix_{stage}.png")
