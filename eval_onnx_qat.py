@@ -5,7 +5,7 @@ Writes results/<run>/metrics_onnx_qat.json and confusion_matrix_onnx_qat.png.
     python eval_onnx_qat.py [--run-name NAME] [--batch-size 32] [--threads N]
 """
 
-from common import ONNX_FILE, base_parser, load_run, main_guard, require_file
+from common import ONNX_FILE, base_parser, load_run, load_run_labels, main_guard, require_file
 from evaluation import evaluate, ort_predict_fn, ort_session
 
 STAGE = "onnx_qat"
@@ -13,10 +13,10 @@ STAGE = "onnx_qat"
 
 def main():
     args = base_parser(__doc__).parse_args()
-    rdir, info = load_run(args)
+    rdir, _ = load_run(args)
     path = require_file(rdir / ONNX_FILE, "export_to_onnx.py")
     session = ort_session(path, args.threads)
-    evaluate(args, rdir, STAGE, path, ort_predict_fn(session, len(info["labels"]), path), args.threads)
+    evaluate(args, rdir, STAGE, path, ort_predict_fn(session, len(load_run_labels(rdir)), path), args.threads)
 
 
 if __name__ == "__main__":

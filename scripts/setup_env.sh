@@ -1,0 +1,18 @@
+# Sourced by run_pipeline.sh and run_tests.sh: create .venv and install the requirements once
+# (again only when requirements*.txt change). torch==2.13.0 is the CPU build; see requirements.txt.
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+PYTHON_BIN=${PYTHON:-python3}
+if [ ! -x .venv/bin/python ]; then
+  echo "creating .venv with $($PYTHON_BIN --version)"
+  "$PYTHON_BIN" -m venv .venv
+fi
+want=$(cat requirements.txt requirements-nodeps.txt | sha256sum | cut -d' ' -f1)
+if [ "$(cat .venv/.requirements.sha 2>/dev/null || true)" != "$want" ]; then
+  echo "installing requirements into .venv (first time: a few minutes)"
+  .venv/bin/python -m pip install -q --upgrade pip
+  .venv/bin/python -m pip install -q -r requirements.txt
+  .venv/bin/python -m pip install -q --no-deps -r requirements-nodeps.txt
+  echo "$want" > .venv/.requirements.sha
+fi
+export PATH="$PWD/.venv/bin:$PATH"

@@ -1,0 +1,191 @@
+"""The fake quantization reproduces ONNX Runtime's dynamic INT8 arithmetic.
+
+Tolerance: outputs of the simulation and of ONNX Runtime may differ only by float32 rounding, stated as
+max |diff| <= 1e-5 * max |output| (one Linear) and max |logit diff| <= 1e-5 (tiny BERT); in practice they
+are bit-identical here.
+"""
+
+import itertools
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+import torch
+from onnx import TensorProto, helper
+from onnxruntime.quantization import QuantType, quantize_dynamic
+from onnxruntime.quantization.quant_utils import quantize_data
+
+from quant_sim import (QuantConfig, apply_fake_quant, dynamic_activation_qparams, fake_quant_activation_int,
+                       fake_quant_embedding_table, plan_quantization, weight_qparams)
+
+CONFIGS = [QuantConfig(weight_type=w, per_channel=pc, reduce_range=rr)
+           for w, pc, rr in itertools.product(["int8", "uint8"], [False, True], [False, True])]
+CONFIG_IDS = [f"{c.weight_type}-{'pc' if c.per_channel else 'pt'}{'-rr' if c.reduce_range else ''}" for c in CONFIGS]
+
+
+def run_single_node(op, x):
+    g = helper.make_graph([helper.make_node(op, ["x"], ["y", "s", "zp"])], "g",
+                          [helper.make_tensor_value_info("x", TensorProto.FLOAT, list(x.shape))],
+                          [helper.make_tensor_value_info("y", TensorProto.UINT8, None),
+                           helper.make_tensor_value_info("s", TensorProto.FLOAT, None),
+                           helper.make_tensor_value_info("zp", TensorProto.UINT8, None)])
+    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
+    sess = ort.InferenceSession(m.SerializeToString(), providers=["CPUExecutionProvider"])
+    return sess.run(None, {"x": x})
+
+
+@pytest.mark.parametrize("kind", ["normal", "positive", "negative", "zeros", "gelu-like", "tiny"])
+def test_dynamic_quantize_linear_bit_exact(kind):
+    g = torch.Generator().manual_seed(1)
+    x = torch.randn(3, 17, 64, generator=g) * 3
+    x = {"normal": x, "positive": x.abs() + 0.5, "negative": -x.abs() - 0.1, "zeros": torch.zeros_like(x),
+         "gelu-like": torch.nn.functional.gelu(x), "tiny": x * 1e-6}[kind]
+    y, s, zp = run_single_node("DynamicQuantizeLinear", x.numpy())
+    scale, zero_point = dynamic_activation_qparams(x)
+    assert scale.item() == s.item()
+    assert zero_point.item() == zp.item()
+    q_int, _ = fake_quant_activation_int(x)
+    np.testing.assert_array_equal((q_int + zero_point).numpy().astype(np.uint8), y)
+
+
+@pytest.mark.parametrize("cfg", CONFIGS, ids=CONFIG_IDS)
+def test_weight_qparams_match_quant_utils(cfg):
+    g = torch.Generator().manual_seed(2)
+    w = torch.randn(24, 40, generator=g) * 0.05 + 0.01
+    scale, zp, _, _ = weight_qparams(w, cfg.weight_type, cfg.per_channel, cfg.reduce_range)
+    qtype = TensorProto.INT8 if cfg.weight_type == "int8" else TensorProto.UINT8
+    rows = [w[i].numpy() for i in range(w.shape[0])] if cfg.per_channel else [w.numpy().ravel()]
+    for i, row in enumerate(rows):
+        ort_zp, ort_scale, _ = quantize_data(row, qtype, cfg.weight_type == "int8", reduce_range=cfg.reduce_range)
+        assert np.float32(ort_scale) == scale[i].item()
+        assert int(ort_zp) == int(zp[i].item())
+
+
+class OneLinear(torch.nn.Module):
+    def __init__(self, d_in=768, d_out=3072):
+        super().__init__()
+        self.fc = torch.nn.Linear(d_in, d_out)
+
+    def forward(self, x):
+        return self.fc(x)
+
+
+@pytest.fixture(scope="module")
+def linear_onnx(tmp_path_factory):
+    torch.manual_seed(0)
+    m = OneLinear().eval()
+    path = tmp_path_factory.mktemp("lin") / "linear.onnx"
+    x = torch.randn(2, 8, 768)
+    torch.onnx.export(m, (x,), str(path), input_names=["x"], output_names=["y"],
+                      dynamic_axes={"x": {0: "b", 1: "s"}}, opset_version=17, dynamo=False)
+    return m, path
+
+
+@pytest.mark.parametrize("cfg", CONFIGS, ids=CONFIG_IDS)
+@pytest.mark.parametrize("inputs", ["normal", "skewed"])
+def test_linear_matches_onnxruntime(linear_onnx, tmp_path, cfg, inputs):
+    m, path = linear_onnx
+    g = torch.Generator().manual_seed(3)
+    x = torch.randn(4, 16, 768, generator=g) * 2
+    if inputs == "skewed":  # GELU-like activations: zero point near the bottom of the range
+        x = torch.nn.functional.gelu(x) + 0.01
+    q_path = tmp_path / "q.onnx"
+    quantize_dynamic(str(path), str(q_path), **cfg.quantize_dynamic_kwargs())
+    y_ort = ort.InferenceSession(str(q_path), providers=["CPUExecutionProvider"]).run(None, {"x": x.numpy()})[0]
+    sim = OneLinear().eval()
+    sim.load_state_dict(m.state_dict())
+    apply_fake_quant(sim, plan_quantization(sim, cfg))
+    with torch.no_grad():
+        y_sim = sim(x).numpy()
+        y_fp32 = m(x).numpy()
+    err = np.abs(y_sim - y_ort).max()
+    assert err <= 1e-5 * np.abs(y_ort).max(), err
+    # and the simulation is not trivially FP32: quantization error is orders of magnitude larger
+    assert np.abs(y_fp32 - y_ort).max() > 100 * max(err, 1e-7)
+
+
+def test_embedding_table_matches_quantized_gather(tmp_path):
+    torch.manual_seed(4)
+    table = torch.randn(50, 16) * 0.1 + 0.02
+    ids = np.array([[1, 5, 49, 0]], dtype=np.int64)
+    g = helper.make_graph([helper.make_node("Gather", ["table", "ids"], ["y"])], "g",
+                          [helper.make_tensor_value_info("ids", TensorProto.INT64, [1, 4])],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
+                          initializer=[onnx.numpy_helper.from_array(table.numpy(), "table")])
+    onnx.save(helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)]), tmp_path / "g.onnx")
+    quantize_dynamic(str(tmp_path / "g.onnx"), str(tmp_path / "q.onnx"), weight_type=QuantType.QInt8)
+    y_ort = ort.InferenceSession(str(tmp_path / "q.onnx"), providers=["CPUExecutionProvider"]).run(None, {"ids": ids})[0]
+    with torch.no_grad():
+        y_sim = fake_quant_embedding_table(table)[torch.from_numpy(ids)].numpy()
+    np.testing.assert_array_equal(y_sim, y_ort)
+    assert np.abs(y_sim - table[torch.from_numpy(ids)].numpy()).max() > 0  # it was quantized
+
+
+def test_straight_through_gradients():
+    torch.manual_seed(5)
+    cfg = QuantConfig()
+    lin = OneLinear(32, 8)
+    apply_fake_quant(lin, plan_quantization(lin, cfg))
+    x = torch.randn(4, 32, requires_grad=True)
+    lin(x).pow(2).sum().backward()
+    ref = OneLinear(32, 8)
+    ref.load_state_dict(lin.state_dict())
+    x_ref = x.detach().clone().requires_grad_(True)
+    ref(x_ref).pow(2).sum().backward()
+    for g_sim, g_ref in ((x.grad, x_ref.grad), (lin.fc.weight.grad, ref.fc.weight.grad)):
+        assert torch.isfinite(g_sim).all() and g_sim.abs().sum() > 0
+        cos = torch.nn.functional.cosine_similarity(g_sim.flatten(), g_ref.flatten(), dim=0)
+        assert cos > 0.99  # STE: gradients of the quantized forward, close to the FP32 ones
+
+
+def test_state_dict_keys_unchanged():
+    lin = OneLinear(8, 4)
+    keys = set(lin.state_dict())
+    apply_fake_quant(lin, plan_quantization(lin, QuantConfig()))
+    assert set(lin.state_dict()) == keys
+
+
+TEXTS = ["saya suka makanan ini enak sekali", "pelayanan buruk dan lambat", "tempatnya bersih nyaman",
+         "tidak akan kembali lagi ke sini", "harga mahal rasa biasa saja", "mantap sekali pelayanan ramah"] * 5
+
+
+@pytest.fixture(scope="module")
+def tiny_bert(tmp_path_factory):
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    from tiny_model import make_tiny_bert
+
+    folder = make_tiny_bert(tmp_path_factory.mktemp("tiny"), TEXTS, vocab_size=120)
+    model = AutoModelForSequenceClassification.from_pretrained(folder, attn_implementation="eager").eval()
+    # weights of a trained size (random init gives tiny activations that hide rounding issues)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.mul_(20)
+    return model, AutoTokenizer.from_pretrained(folder)
+
+
+@pytest.mark.parametrize("cfg", [CONFIGS[0], CONFIGS[3], CONFIGS[6]], ids=[CONFIG_IDS[0], CONFIG_IDS[3], CONFIG_IDS[6]])
+def test_tiny_bert_matches_onnxruntime_int8(tiny_bert, tmp_path, cfg):
+    import copy
+
+    from common import make_batches, model_input_names
+    from export_to_onnx import export
+    from quantize_onnx_dynamic import check_matches_simulation, quantize
+
+    model, tokenizer = tiny_bert
+    names = model_input_names(tokenizer, model.config)
+    batches = make_batches(TEXTS, tokenizer, names, max_length=32, batch_size=8)
+    export(model, batches[-1][1], tmp_path / "fp32.onnx", 17)
+    plan_quantization(model, cfg)
+    quantize(tmp_path / "fp32.onnx", tmp_path / "int8.onnx", cfg)
+    check_matches_simulation(tmp_path / "int8.onnx", cfg)
+    sess = ort.InferenceSession(str(tmp_path / "int8.onnx"), providers=["CPUExecutionProvider"])
+    sim = apply_fake_quant(copy.deepcopy(model), cfg)
+    for _, batch in batches:
+        y_ort = sess.run(["logits"], batch)[0]
+        with torch.no_grad():
+            y_sim = sim(**{k: torch.from_numpy(v) for k, v in batch.items()}).logits.numpy()
+            y_fp32 = model(**{k: torch.from_numpy(v) for k, v in batch.items()}).logits.numpy()
+        assert np.abs(y_sim - y_ort).max() <= 1e-5, np.abs(y_sim - y_ort).max()
+        assert np.abs(y_fp32 - y_ort).max() > 1e-3  # the INT8 model really differs from FP32
