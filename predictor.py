@@ -1,0 +1,99 @@
+"""The INT8 model of a run as a Python predictor: texts in, labels and per-label probabilities out.
+
+    from predictor import Predictor
+    p = Predictor("models/minilm-qat-int8-smsa")          # batches of 32, sorted by length (as the eval scripts)
+    p.predict(["makanan nya enak sekali"])
+    # [{'label': 'positive', 'score': 0.91, 'probabilities': {'negative': 0.04, 'neutral': 0.05, 'positive': 0.91}}]
+
+Batching: texts are sorted by token length and padded per batch (common.make_batches, the same batches the eval
+scripts use). ONNX Runtime's dynamic quantization computes one activation scale per tensor, so a text's logits
+depend on the other rows and the padding of its batch. `Predictor(..., batch_size=1)` (or `per_text=True`) runs
+every text as its own batch, without padding: each text's result then depends on that text only (deterministic
+per text), at some cost in throughput. benchmarks/batch_dependence.py measures how often the label changes.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import threading
+from pathlib import Path
+
+import numpy as np
+
+from common import INT8_FILE, RUN_INFO_FILE, PipelineError, load_run_labels, make_batches, require_file
+from evaluation import ort_predict_fn, ort_session
+
+
+def softmax(logits: np.ndarray) -> np.ndarray:
+    """Row-wise softmax in float64."""
+    z = np.asarray(logits, dtype=np.float64)
+    z = z - z.max(axis=-1, keepdims=True)
+    e = np.exp(z)
+    return e / e.sum(axis=-1, keepdims=True)
+
+
+class Predictor:
+    """A run folder's tokenizer, labels and ONNX model (by default the INT8 one); thread-safe."""
+
+    def __init__(self, run_dir, threads: int | None = None, model_file: str = INT8_FILE, batch_size: int = 32,
+                 per_text: bool = False):
+        from transformers import AutoTokenizer
+
+        self.run_dir = Path(run_dir)
+        if not self.run_dir.is_dir():
+            raise PipelineError(f"run folder {self.run_dir} not found: run the pipeline (train_eager_qat.py ...) first")
+        if batch_size < 1:
+            raise PipelineError(f"batch_size must be at least 1, got {batch_size}")
+        self.labels = load_run_labels(self.run_dir)
+        if not self.labels:
+            raise PipelineError(f"{self.run_dir / 'config.json'} has no id2label: re-run train_eager_qat.py")
+        info = json.loads(require_file(self.run_dir / RUN_INFO_FILE, "train_eager_qat.py").read_text())
+        if info.get("labels") and list(info["labels"]) != self.labels:
+            raise PipelineError(f"{self.run_dir}: config.json labels {self.labels} differ from run_info.json labels "
+                                f"{info['labels']}: re-run train_eager_qat.py for this run")
+        self.input_names = list(info["input_names"])
+        self.max_length = int(info["max_length"])
+        self.batch_size = 1 if per_text else int(batch_size)
+        self.threads = int(threads or os.cpu_count() or 1)
+        self.model_path = require_file(self.run_dir / model_file,
+                                       "quantize_onnx_dynamic.py" if model_file == INT8_FILE else "export_to_onnx.py")
+        self.tokenizer = AutoTokenizer.from_pretrained(self.run_dir)
+        # A fast tokenizer's truncation settings are mutable state: concurrent calls can fail ("Already borrowed").
+        self._tokenizer_lock = threading.Lock()
+        self.session = ort_session(self.model_path, self.threads)
+        self._forward = ort_predict_fn(self.session, len(self.labels), self.model_path)
+        # The output width may be symbolic in the graph: check it on a real forward pass too.
+        width = self.predict_logits(["ok"]).shape[-1]
+        if width != len(self.labels):
+            raise PipelineError(f"{self.model_path} outputs {width} logits but the run has {len(self.labels)} labels "
+                                f"({', '.join(self.labels)}): re-export this run")
+
+    @property
+    def per_text(self) -> bool:
+        return self.batch_size == 1
+
+    def batches(self, texts):
+        with self._tokenizer_lock:
+            return make_batches(texts, self.tokenizer, self.input_names, self.max_length, self.batch_size)
+
+    def predict_logits(self, texts) -> np.ndarray:
+        """Logits (n_texts, n_labels), float32, in the order of texts."""
+        texts = list(texts)
+        bad = [i for i, t in enumerate(texts) if not isinstance(t, str)]
+        if bad:
+            raise TypeError(f"texts must be strings; item {bad[0]} is {type(texts[bad[0]]).__name__}")
+        logits = np.zeros((len(texts), len(self.labels)), dtype=np.float32)
+        for idx, batch in (self.batches(texts) if texts else []):
+            logits[idx] = np.asarray(self._forward(batch), dtype=np.float32)
+        return logits
+
+    def predict(self, texts) -> list[dict]:
+        """For each text: {'label', 'score' (its probability), 'probabilities' {label: p}}."""
+        probs = softmax(self.predict_logits(texts))
+        out = []
+        for row in probs:
+            k = int(row.argmax())
+            out.append({"label": self.labels[k], "score": float(row[k]),
+                        "probabilities": {l: float(p) for l, p in zip(self.labels, row)}})
+        return out
