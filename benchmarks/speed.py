@@ -99,10 +99,10 @@ def build_model(name: str, spec: dict, tokenizer, cache: Path) -> dict:
     folder = cache / f"{name}-{pipeline_hash()}"
     torch_dir, fp32, int8, fused = folder / "torch", folder / "model.onnx", folder / "model_int8.onnx", folder / "model_fused.onnx"
     info_path = folder / "info.json"
+    torch.manual_seed(0)  # the same random head / weights as a cached export of this model
     if spec["kind"] == "pretrained":
         model = AutoModelForSequenceClassification.from_pretrained(spec["path"], num_labels=3, attn_implementation="eager")
     else:
-        torch.manual_seed(0)
         model = BertForSequenceClassification(BertConfig(**spec["config"], num_labels=3, attn_implementation="eager"))
     model.eval()
     if info_path.is_file():
@@ -389,7 +389,16 @@ def write_report(records, meta, out_dir: Path, targets_model: str) -> Path:
          cpu, "",
          f"Software: Python {meta['python']}, torch {meta['torch']}, onnxruntime {meta['onnxruntime']}, "
          f"transformers {meta['transformers']}. Load average at start: {meta['loadavg_start']}, at end: "
-         f"{meta['loadavg_end']} (other jobs on this machine disturb the timings when it is above ~0).", "",
+         f"{meta['loadavg_end']} (this benchmark's own threads included).", ""]
+    L += [f"CPU used by other processes while this benchmark ran: {meta['other_cores']:.2f} cores on average "
+          "(system busy time minus this process and its children, over the wall time).", ""]
+    busy = float(meta["loadavg_start"].split()[0])
+    if busy > 0.5 or meta["other_cores"] > 0.25:
+        L += [f"**WARNING: the machine was busy (load average {busy:.2f} before the start, other processes used "
+              f"{meta['other_cores']:.2f} of {os.cpu_count()} cores during the run): "
+              "these timings are disturbed. Multi-threaded PyTorch suffers most (its OpenMP threads wait at every "
+              "barrier for a thread that another job has descheduled), which inflates the speed-ups over it.**", ""]
+    L += [
          "Method: median of repeated runs after warm-up (at least "
          f"{meta['args']['min_repeats']} repeats, {meta['args']['min_repeats_b1']} at batch 1, more while within "
          f"{meta['args']['budget_s']} s per configuration); `torch.set_num_threads(t)` / ORT intra_op t, inter_op 1. "
@@ -403,9 +412,8 @@ def write_report(records, meta, out_dir: Path, targets_model: str) -> Path:
         for threads in sorted({r["threads"] for r in records if r["model"] == name}):
             L += [f"### {name}, {threads} thread(s) — {meta['cpu']['model']}", ""]
             rows = []
-            for r in records:
-                if r["model"] != name or r["threads"] != threads or r["measure"] != "latency":
-                    continue
+            latency = [r for r in records if r["model"] == name and r["threads"] == threads and r["measure"] == "latency"]
+            for r in sorted(latency, key=lambda r: (r["batch_size"], r["seq_len"], BACKENDS.index(r["backend"]))):
                 torch_r = find(records, name, "torch_fp32", r["batch_size"], r["seq_len"], threads)
                 sp = torch_r["median_ms"] / r["median_ms"] if torch_r else float("nan")
                 p95 = f"{r['p95_ms']:.2f}" if r["batch_size"] == 1 else ""
@@ -449,6 +457,13 @@ def write_report(records, meta, out_dir: Path, targets_model: str) -> Path:
                    [[t["target"], "n/a" if t["ratio"] is None else f"{t['ratio']:.2f}x", f">= {t['goal']}x",
                      "not measured" if t["met"] is None else ("met" if t["met"] else "NOT met"),
                      f"{t['numerator']} / {t['denominator']}"] for t in trows]), ""]
+    others = [n for n in meta["models"] if n != targets_model]
+    for name in others:
+        L += [f"For reference, the same ratios on {name} ({TARGET_THREADS} threads; the targets are set for "
+              f"{targets_model}):", ""]
+        L += [md_table(["ratio", "measured", "goal on " + targets_model],
+                       [[t["target"], "n/a" if t["ratio"] is None else f"{t['ratio']:.2f}x", f">= {t['goal']}x"]
+                        for t in target_rows(records, model=name)]), ""]
     L += ["![speed-up chart](speed.png)", ""]
     path = out_dir / "speed.md"
     path.write_text("\n".join(L))
@@ -528,10 +543,11 @@ def parse_args(argv=None):
     p.add_argument("--smsa-threads-large", default="2",
                    help="SmSA thread counts for the BERT-base-shaped model (a naive pass takes minutes at 1 thread)")
     p.add_argument("--smsa-min-repeats", type=int, default=1)
-    p.add_argument("--smsa-max-repeats", type=int, default=5)
-    p.add_argument("--smsa-budget-s", type=float, default=45.0)
+    p.add_argument("--smsa-max-repeats", type=int, default=3)
+    p.add_argument("--smsa-budget-s", type=float, default=20.0)
     p.add_argument("--no-memory", action="store_true")
-    p.add_argument("--memory-workers", type=int, default=1, help="memory children run at once")
+    p.add_argument("--memory-workers", type=int, default=2,
+                   help="memory children run at once (peak RSS does not depend on CPU time)")
     args = p.parse_args(argv)
     ints = lambda s: [int(x) for x in s.split(",") if x]  # noqa: E731
     args.threads, args.batch_sizes, args.seq_lens = ints(args.threads), ints(args.batch_sizes), ints(args.seq_lens)
@@ -546,6 +562,21 @@ def parse_args(argv=None):
     return args
 
 
+def cpu_snapshot() -> tuple[float, float, float]:
+    """Wall time, busy CPU seconds of the whole machine, CPU seconds of this process and its waited-for children."""
+    import psutil
+
+    t = psutil.cpu_times()
+    busy = sum(getattr(t, k, 0.0) for k in ("user", "nice", "system", "irq", "softirq", "steal"))
+    own = psutil.Process().cpu_times()
+    return time.time(), busy, own.user + own.system + own.children_user + own.children_system
+
+
+def other_cores(start) -> float:
+    end = cpu_snapshot()
+    return max(0.0, ((end[1] - start[1]) - (end[2] - start[2])) / max(end[0] - start[0], 1e-9))
+
+
 def main(argv=None):
     args = parse_args(argv)
     import onnxruntime
@@ -555,6 +586,7 @@ def main(argv=None):
     from transformers import AutoTokenizer
 
     started = time.perf_counter()
+    snap = cpu_snapshot()
     tmp_out = None
     if args.out_dir:
         out_dir = Path(args.out_dir)
@@ -605,6 +637,7 @@ def main(argv=None):
 
     def save():
         meta["loadavg_end"] = " ".join(f"{x:.2f}" for x in os.getloadavg())
+        meta["other_cores"] = other_cores(snap)
         for p in json_paths:
             p.parent.mkdir(parents=True, exist_ok=True)
             p.write_text(json.dumps(records, indent=2))
