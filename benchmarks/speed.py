@@ -22,7 +22,6 @@ import hashlib
 import json
 import os
 import platform
-import resource
 import shutil
 import subprocess
 import sys
@@ -383,7 +382,7 @@ def cpu_line(cpu) -> str:
 
 def write_report(records, meta, out_dir: Path, targets_model: str) -> Path:
     cpu = cpu_line(meta["cpu"])
-    L = [f"# Inference speed: PyTorch FP32 vs ONNX Runtime FP32 vs ONNX Runtime INT8", "",
+    L = ["# Inference speed: PyTorch FP32 vs ONNX Runtime FP32 vs ONNX Runtime INT8", "",
          f"Generated {meta['date']} by `python benchmarks/speed.py {' '.join(meta['argv'])}`"
          f"{' (SMOKE: tiny model, 1 repeat, numbers meaningless)' if meta['smoke'] else ''}.", "",
          cpu, "",
@@ -641,7 +640,7 @@ def main(argv=None):
         for p in json_paths:
             p.parent.mkdir(parents=True, exist_ok=True)
             p.write_text(json.dumps(records, indent=2))
-        (out_dir / "speed_meta.json").write_text(json.dumps(meta, indent=2, default=str))
+        (out_dir / "speed.meta.json").write_text(json.dumps(meta, indent=2, default=str))
 
     try:
         for name, spec in specs.items():
