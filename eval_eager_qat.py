@@ -41,7 +41,7 @@ def main():
 
     evaluate(args, rdir, stage, rdir / STATE_DICT_FILE, predict, args.threads,
              extra={"fake_quant": fake_quant, "quant_config": {k: getattr(qcfg, k) for k in
-                                                               ("weight_type", "per_channel", "reduce_range")}})
+                                                               ("weight_type", "per_channel", "reduce_range", "chosen_for")}})
 
 
 if __name__ == "__main__":

@@ -8,31 +8,13 @@ Writes results/<run>/metrics_<stage>.json and confusion_matrix_<stage>.png.
 from __future__ import annotations
 
 import json
-import platform
 import time
 from pathlib import Path
 
 import numpy as np
 
-from common import (PipelineError, atomic_output, check_known_labels, file_size_mb, load_run_labels, load_split,
-                    make_batches, results_dir, write_json)
-
-ISA_FLAGS = ("avx2", "avx512f", "avx512_vnni", "avx512_bf16", "avx_vnni", "amx_int8", "amx_tile")
-
-
-def cpu_info() -> dict:
-    """CPU model and the instruction-set flags that decide INT8 GEMM speed (VNNI, AMX)."""
-    model, flags = platform.processor() or platform.machine(), set()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name") and model in ("", platform.machine(), platform.processor()):
-                model = line.split(":", 1)[1].strip()
-            elif line.startswith("flags"):
-                flags = set(line.split(":", 1)[1].split())
-    except OSError:
-        pass
-    return {"model": model, "flags": {f: f in flags for f in ISA_FLAGS}}
-
+from common import (PipelineError, atomic_output, check_known_labels, cpu_info, file_size_mb, load_run_labels,
+                    load_split, make_batches, results_dir, write_json)
 
 def ort_session(path: Path, threads: int):
     import onnxruntime as ort

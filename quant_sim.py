@@ -42,6 +42,7 @@ class QuantConfig:
     per_channel: bool = False
     reduce_range: bool = False
     qat: bool = True
+    chosen_for: dict = field(default_factory=dict)  # CPU and rule behind the defaults, for the record
     quantized_linears: list[str] = field(default_factory=list)
     quantized_embeddings: list[str] = field(default_factory=list)
 

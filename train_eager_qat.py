@@ -10,12 +10,14 @@ run_info.json. Uses the Hugging Face Trainer, so `torchrun`/`accelerate launch` 
     python train_eager_qat.py --no-qat --run-name minilm-fp32   # plain FP32 fine-tuning (PTQ baseline)
 """
 
+import argparse
 import json
+import platform
 import shutil
 
 import numpy as np
 
-from common import (QUANT_CONFIG_FILE, RUN_INFO_FILE, STATE_DICT_FILE, PipelineError, atomic_files, base_parser,
+from common import (QUANT_CONFIG_FILE, cpu_info, has_vnni, RUN_INFO_FILE, STATE_DICT_FILE, PipelineError, atomic_files, base_parser,
                     check_known_labels, ensure_default_data, load_split, main_guard, model_input_names,
                     resolve_model, run_dir, sorted_labels)
 from quant_sim import WEIGHT_TYPES, QuantConfig
@@ -34,7 +36,9 @@ def parse_args():
                         "(QAT fine-tune of an FP32 fine-tuned run); its labels must match")
     p.add_argument("--weight-type", choices=WEIGHT_TYPES, default="int8", help="quantize_dynamic weight type")
     p.add_argument("--per-channel", action="store_true", help="per-output-channel weight scales")
-    p.add_argument("--reduce-range", action="store_true", help="7-bit weights (avoids U8S8 saturation without VNNI)")
+    p.add_argument("--reduce-range", action=argparse.BooleanOptionalAction, default=None,
+                   help="7-bit weights, which avoid the int16 saturation of AVX2/AVX-512 INT8 kernels without VNNI; "
+                        "default: on when this CPU has no VNNI (pass it explicitly when the deploy CPU differs)")
     return p.parse_args()
 
 
@@ -57,6 +61,20 @@ class EncodedDataset:
 
     def __getitem__(self, i):
         return self.rows[i]
+
+
+def quant_config_for_cpu(args) -> QuantConfig:
+    """Quantization settings; reduce_range follows ONNX Runtime's advice for x86 unless given: on without VNNI."""
+    cpu = cpu_info()
+    vnni = has_vnni(cpu)
+    if args.reduce_range is None:
+        reduce_range = not vnni and platform.machine().lower() in ("x86_64", "amd64")
+        rule = f"auto: reduce_range={reduce_range} because this CPU {'has' if vnni else 'lacks'} VNNI"
+    else:
+        reduce_range, rule = args.reduce_range, "set by --reduce-range/--no-reduce-range"
+    print(f"quantization: weights {args.weight_type}, per_channel={args.per_channel}, reduce_range={reduce_range} ({rule})")
+    return QuantConfig(weight_type=args.weight_type, per_channel=args.per_channel, reduce_range=reduce_range,
+                       qat=not args.no_qat, chosen_for={"cpu": cpu["model"], "vnni": vnni, "rule": rule})
 
 
 def compute_metrics(eval_pred):
@@ -119,8 +137,7 @@ def main():
     val_ds = EncodedDataset(val, tokenizer, input_names, label2id, args.max_length)
     collator = DataCollatorWithPadding(tokenizer)
 
-    qcfg = QuantConfig(weight_type=args.weight_type, per_channel=args.per_channel, reduce_range=args.reduce_range,
-                       qat=not args.no_qat)
+    qcfg = quant_config_for_cpu(args)
     plan_quantization(model, qcfg)
     if qcfg.qat:
         apply_fake_quant(model, qcfg)
