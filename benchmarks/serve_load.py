@@ -145,8 +145,8 @@ async def run_level(url: str, texts: list[str], concurrency: int, n_requests: in
     }
 
 
-def write_report(report: dict, out_dir: Path):
-    write_json(out_dir / "serve_load.json", report)
+def write_report(report: dict, out_dir: Path, name: str = "serve_load"):
+    write_json(out_dir / f"{name}.json", report)
     cpu = report["cpu"]
     flags = ", ".join(f for f, on in cpu["flags"].items() if on) or "none of " + ", ".join(cpu["flags"])
     lines = [
@@ -174,7 +174,7 @@ def write_report(report: dict, out_dir: Path):
     lines += ["", f"Total errors: {total_errors}."]
     if report.get("note"):
         lines += ["", report["note"]]
-    (out_dir / "serve_load.md").write_text("\n".join(lines) + "\n")
+    (out_dir / f"{name}.md").write_text("\n".join(lines) + "\n")
     return "\n".join(lines)
 
 
@@ -189,6 +189,7 @@ def main():
     p.add_argument("--threads", type=int, default=None, help="serve.py --threads (default: its own)")
     p.add_argument("--data-dir", default=None, help="texts from DATA_DIR/test.csv (default: the run's)")
     p.add_argument("--out-dir", default=str(ROOT / "benchmarks" / "reports"))
+    p.add_argument("--report-name", default="serve_load", help="report file names, without .md/.json")
     p.add_argument("--note", default="", help="a line added to the report")
     p.add_argument("--smoke", action="store_true", help="a few requests per level (for the tests)")
     args = p.parse_args()
@@ -231,8 +232,8 @@ def main():
         "duration_limit_s": args.duration_limit, "texts_per_request": args.texts_per_request, "texts_source": source,
         "smoke": args.smoke, "server_alive_after": alive, "note": args.note, "levels": results,
     }
-    print(write_report(report, out_dir))
-    print(f"wrote {out_dir / 'serve_load.md'} and serve_load.json")
+    print(write_report(report, out_dir, args.report_name))
+    print(f"wrote {out_dir / args.report_name}.md and .json")
 
 
 if __name__ == "__main__":
