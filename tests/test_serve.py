@@ -317,3 +317,44 @@ def test_load_benchmark_smoke(tiny_run, tmp_path):
         assert lvl["errors"] == 0 and lvl["ok"] > 0
         assert lvl["latency_ms"]["p50"] <= lvl["latency_ms"]["p95"] <= lvl["latency_ms"]["p99"]
     assert "p99" in (tmp_path / "serve_load.md").read_text()
+
+
+def test_batcher_refuses_past_max_pending_and_survives_a_failing_job():
+    """In process, with a slow fake predictor: past --max-pending waiting requests get 503; a job that raises fails
+    its own requests only; concurrent requests are gathered into one job."""
+    import serve
+
+    class SlowPredictor:
+        def __init__(self):
+            self.jobs = []
+
+        def predict(self, texts):
+            self.jobs.append(list(texts))
+            time.sleep(0.3)
+            if "boom" in texts:
+                raise RuntimeError("boom")
+            return [{"label": t} for t in texts]
+
+    async def scenario():
+        fake = SlowPredictor()
+        b = serve.Batcher(fake, serve.Settings(max_pending=3))
+        b.start()
+        try:
+            first = asyncio.create_task(b.submit(["a"]))
+            await asyncio.sleep(0.05)  # "a" is running; the next ones wait and are gathered into one job
+            waiting = [asyncio.create_task(b.submit([t])) for t in ("b", "c")]
+            await asyncio.sleep(0.01)
+            with pytest.raises(serve.BadRequest) as refused:
+                await b.submit(["d"])
+            assert refused.value.status == 503 and "server busy" in refused.value.detail
+            assert [r["label"] for r in await first] == ["a"]
+            assert [(await w)[0]["label"] for w in waiting] == ["b", "c"]
+            assert fake.jobs == [["a"], ["b", "c"]]
+            with pytest.raises(RuntimeError):
+                await b.submit(["boom"])
+            assert (await b.submit(["e"]))[0]["label"] == "e"
+            assert b.pending == 0
+        finally:
+            await b.stop()
+
+    asyncio.run(scenario())
