@@ -18,6 +18,12 @@ onnxruntime/quantization/{quantize,onnx_quantizer,base_quantizer,quant_utils}.py
   dequantized before the embedding sum.
 * Attention score MatMuls (both inputs activations) stay FP32.
 
+With optimize_graph (onnxruntime.transformers.optimizer fusions before quantization, for speed) two things change:
+* Attention fuses the query/key/value Linears into one packed weight [hidden, 3 * hidden], which QAttention
+  quantizes as one tensor: per tensor, Q, K and V share one weight scale (per channel changes nothing).
+* EmbedLayerNormalization -> QEmbedLayerNormalization also quantizes the embedding LayerNorm's gamma and beta
+  like the tables (uint8, asymmetric, per tensor).
+
 Weight parameters are computed in float64 and the scale is stored as float32, as ORT does; activations are
 quantized in float32 as the C++ kernel does. Gradients are straight-through; scales are not trained.
 """
@@ -42,9 +48,12 @@ class QuantConfig:
     per_channel: bool = False
     reduce_range: bool = False
     qat: bool = True
+    optimize_graph: bool = False
     chosen_for: dict = field(default_factory=dict)  # CPU and rule behind the defaults, for the record
     quantized_linears: list[str] = field(default_factory=list)
     quantized_embeddings: list[str] = field(default_factory=list)
+    packed_weights: list[list[str]] = field(default_factory=list)  # Linears quantized as one tensor (fused QKV)
+    quantized_layernorms: list[str] = field(default_factory=list)  # LayerNorm params quantized (fused embeddings)
 
     def __post_init__(self):
         if self.weight_type not in WEIGHT_TYPES:
@@ -138,10 +147,12 @@ def weight_qparams(
     return scale, zero_point, clip[0], clip[1]
 
 
-def fake_quant_weight_int(w: torch.Tensor, cfg: QuantConfig) -> tuple[torch.Tensor, torch.Tensor]:
+def fake_quant_weight_int(w: torch.Tensor, cfg: QuantConfig, packed: torch.Tensor | None = None):
     """(q - zero_point) of ORT's weight quantization, with w's gradient (divided by scale), and the scale
-    (shape [out] per channel, [1] per tensor)."""
-    scale, zero_point, lo, hi = weight_qparams(w, cfg.weight_type, cfg.per_channel, cfg.reduce_range)
+    (shape [out] per channel, [1] per tensor). packed: the whole packed tensor w is part of, whose range sets a
+    per-tensor scale."""
+    range_source = w if packed is None or cfg.per_channel else packed
+    scale, zero_point, lo, hi = weight_qparams(range_source, cfg.weight_type, cfg.per_channel, cfg.reduce_range)
     shape = (-1,) + (1,) * (w.dim() - 1)
     s, zp = scale.reshape(shape), zero_point.reshape(shape)
     w_div = w / s  # quantize_nparray: (arr.astype(float32) / scale).round() + zero_point, clipped
@@ -150,18 +161,20 @@ def fake_quant_weight_int(w: torch.Tensor, cfg: QuantConfig) -> tuple[torch.Tens
 
 
 def fake_quant_embedding_table(w: torch.Tensor) -> torch.Tensor:
-    """Dequantized embedding table as GatherQuant leaves it: uint8 asymmetric per tensor, no reduce_range."""
+    """Dequantized tensor as GatherQuant (and QEmbedLayerNormalization) leave it: uint8 asymmetric per tensor,
+    no reduce_range."""
     scale, zero_point, lo, hi = weight_qparams(w, "uint8", per_channel=False, reduce_range=False, symmetric=False)
     w_div = w / scale
     q = torch.clamp(_round_half_even(w_div) + zero_point, lo, hi) - zero_point
     return _ste(w_div, q) * scale
 
 
-def quantized_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, cfg: QuantConfig):
+def quantized_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, cfg: QuantConfig,
+                     packed: torch.Tensor | None = None):
     """MatMulInteger(DynamicQuantizeLinear(x), W_q) * (a_scale * w_scale) + bias.
     The integer-valued float32 GEMM is exact while partial sums stay below 2**24, as int32 accumulation is."""
     x_int, x_scale = fake_quant_activation_int(x)
-    w_int, w_scale = fake_quant_weight_int(weight, cfg)
+    w_int, w_scale = fake_quant_weight_int(weight, cfg, packed)
     y = F.linear(x_int, w_int) * (x_scale * w_scale)
     return y if bias is None else y + bias
 
@@ -170,9 +183,14 @@ class QuantLinear(nn.Linear):
     """nn.Linear whose forward is ORT's dynamic INT8 MatMul; parameters and state_dict keys unchanged."""
 
     quant_config: QuantConfig
+    packed_with: tuple = ()  # the Linears (self included) whose weights ORT packs into one tensor
 
     def forward(self, x):
-        return quantized_linear(x, self.weight, self.bias, self.quant_config)
+        packed = None
+        if self.packed_with:
+            with torch.no_grad():
+                packed = torch.cat([m.weight.detach().reshape(-1) for m in self.packed_with])
+        return quantized_linear(x, self.weight, self.bias, self.quant_config, packed)
 
 
 class QuantEmbedding(nn.Embedding):
@@ -182,11 +200,29 @@ class QuantEmbedding(nn.Embedding):
         return F.embedding(ids, fake_quant_embedding_table(self.weight), self.padding_idx)
 
 
+class QuantLayerNorm(nn.LayerNorm):
+    """nn.LayerNorm whose gamma and beta are quantized as QEmbedLayerNormalization does; parameters unchanged."""
+
+    def forward(self, x):
+        return F.layer_norm(x, self.normalized_shape, fake_quant_embedding_table(self.weight),
+                            fake_quant_embedding_table(self.bias), self.eps)
+
+
 def plan_quantization(model: nn.Module, cfg: QuantConfig) -> QuantConfig:
     """Fill cfg with the modules quantize_dynamic will quantize in the exported graph: every nn.Linear
-    (MatMul with a constant B, or Gemm, which dynamic mode first rewrites to MatMul) and every nn.Embedding."""
-    cfg.quantized_linears = sorted(n for n, m in model.named_modules() if isinstance(m, nn.Linear))
-    cfg.quantized_embeddings = sorted(n for n, m in model.named_modules() if isinstance(m, nn.Embedding))
+    (MatMul with a constant B, or Gemm, which dynamic mode first rewrites to MatMul) and every nn.Embedding;
+    with optimize_graph, also the fused attention's packed Q/K/V and the fused embedding LayerNorm."""
+    modules = dict(model.named_modules())
+    cfg.quantized_linears = sorted(n for n, m in modules.items() if isinstance(m, nn.Linear))
+    cfg.quantized_embeddings = sorted(n for n, m in modules.items() if isinstance(m, nn.Embedding))
+    cfg.packed_weights, cfg.quantized_layernorms = [], []
+    if cfg.optimize_graph:
+        for name, m in modules.items():
+            children = dict(m.named_children())
+            if all(isinstance(children.get(k), nn.Linear) for k in ("query", "key", "value")):
+                cfg.packed_weights.append([f"{name}.{k}" for k in ("query", "key", "value")])
+            if isinstance(children.get("word_embeddings"), nn.Embedding) and isinstance(children.get("LayerNorm"), nn.LayerNorm):
+                cfg.quantized_layernorms.append(f"{name}.LayerNorm")
     return cfg
 
 
@@ -204,6 +240,11 @@ def apply_fake_quant(model: nn.Module, cfg: QuantConfig) -> nn.Module:
         if type(m) is not nn.Embedding:
             raise TypeError(f"{name} is {type(m).__name__}, expected nn.Embedding")
         m.__class__ = QuantEmbedding
+    for group in cfg.packed_weights:
+        for name in group:
+            modules[name].packed_with = tuple(modules[n] for n in group)
+    for name in cfg.quantized_layernorms:
+        modules[name].__class__ = QuantLayerNorm
     return model
 
 
@@ -213,4 +254,7 @@ def remove_fake_quant(model: nn.Module) -> nn.Module:
             m.__class__ = nn.Linear
         elif isinstance(m, QuantEmbedding):
             m.__class__ = nn.Embedding
+        elif isinstance(m, QuantLayerNorm):
+            m.__class__ = nn.LayerNorm
+        m.__dict__.pop("packed_with", None)
     return model

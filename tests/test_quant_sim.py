@@ -160,14 +160,18 @@ def tiny_bert(tmp_path_factory):
     model = AutoModelForSequenceClassification.from_pretrained(folder, attn_implementation="eager").eval()
     # weights of a trained size (random init gives tiny activations that hide rounding issues)
     with torch.no_grad():
-        for p in model.parameters():
+        for name, p in model.named_parameters():
             p.mul_(20)
+            if "LayerNorm" in name:  # not the constant init, so that quantizing gamma/beta shows
+                p.add_(torch.randn(p.shape, generator=torch.Generator().manual_seed(len(name))) * 0.3)
     return model, AutoTokenizer.from_pretrained(folder)
 
 
+@pytest.mark.parametrize("optimize", [False, True], ids=["plain", "optimized-graph"])
 @pytest.mark.parametrize("cfg", [CONFIGS[0], CONFIGS[3], CONFIGS[6]], ids=[CONFIG_IDS[0], CONFIG_IDS[3], CONFIG_IDS[6]])
-def test_tiny_bert_matches_onnxruntime_int8(tiny_bert, tmp_path, cfg):
+def test_tiny_bert_matches_onnxruntime_int8(tiny_bert, tmp_path, cfg, optimize):
     import copy
+    import dataclasses
 
     from common import make_batches, model_input_names
     from export_to_onnx import export
@@ -177,8 +181,11 @@ def test_tiny_bert_matches_onnxruntime_int8(tiny_bert, tmp_path, cfg):
     names = model_input_names(tokenizer, model.config)
     batches = make_batches(TEXTS, tokenizer, names, max_length=32, batch_size=8)
     export(model, batches[-1][1], tmp_path / "fp32.onnx", 17)
+    cfg = dataclasses.replace(cfg, optimize_graph=optimize)
     plan_quantization(model, cfg)
-    quantize(tmp_path / "fp32.onnx", tmp_path / "int8.onnx", cfg)
+    if optimize:  # fused attention packs Q/K/V into one weight; the embedding LayerNorm is quantized
+        assert len(cfg.packed_weights) == 2 and cfg.quantized_layernorms == ["bert.embeddings.LayerNorm"]
+    quantize(tmp_path / "fp32.onnx", tmp_path / "int8.onnx", cfg, model.config.to_dict())
     check_matches_simulation(tmp_path / "int8.onnx", cfg)
     sess = ort.InferenceSession(str(tmp_path / "int8.onnx"), providers=["CPUExecutionProvider"])
     sim = apply_fake_quant(copy.deepcopy(model), cfg)
