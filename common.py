@@ -66,6 +66,7 @@ def base_parser(description: str, training: bool = False) -> argparse.ArgumentPa
     p.add_argument("--seed", type=int, default=42)
     if not training:
         p.add_argument("--threads", type=int, default=os.cpu_count(), help="CPU threads for inference")
+        p.add_argument("--latency-samples", type=int, default=100, help="texts timed one per call (0: skip)")
     return p
 
 

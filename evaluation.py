@@ -91,6 +91,18 @@ def run_batches(predict, batches, n: int) -> tuple[np.ndarray, float]:
     return logits, elapsed
 
 
+def batch1_latency_ms(predict, texts, tokenizer, input_names, max_length: int, n: int) -> dict:
+    """p50/p95 latency of one text per call (tokenization included), over the first n texts, after a warm-up."""
+    lat = []
+    for i, text in enumerate(texts[: n + 1]):
+        t0 = time.perf_counter()
+        enc = tokenizer([text], truncation=True, max_length=max_length, return_tensors="np")
+        predict({k: enc[k].astype(np.int64) for k in input_names})
+        if i:  # the first call is the warm-up
+            lat.append((time.perf_counter() - t0) * 1000)
+    return {"p50": float(np.percentile(lat, 50)), "p95": float(np.percentile(lat, 95)), "n": len(lat)} if lat else {}
+
+
 def compare_with_other_stages(rdir_results: Path, stage: str, metrics: dict) -> dict:
     """Row-by-row agreement of predictions (and logit error) with every other stage of the run."""
     out = {}
@@ -124,13 +136,16 @@ def evaluate(args, rdir: Path, stage: str, model_path: Path, predict, threads: i
     predict(batches[0][1])  # warm-up: memory allocation, kernel selection
     logits, infer_s = run_batches(predict, batches, len(test.texts))
 
+    latency = batch1_latency_ms(predict, test.texts, tokenizer, info["input_names"], args.max_length,
+                                args.latency_samples)
+
     y_true = np.array([labels.index(l) for l in test.labels])
     y_pred = logits.argmax(-1)
     metrics = {"stage": stage, "run": rdir.name, "model_file": str(model_path), **classification_metrics(y_true, y_pred, labels)}
     metrics.update({
         "samples_per_second": len(test.texts) / infer_s,
         "samples_per_second_with_tokenization": len(test.texts) / (infer_s + tokenize_s),
-        "batch_size": args.batch_size, "threads": threads, "max_length": args.max_length,
+        "batch1_latency_ms": latency, "batch_size": args.batch_size, "threads": threads, "max_length": args.max_length,
         "batching": "sorted by length, padded per batch",
         "model_size_mb": file_size_mb(model_path), "n_samples": len(test.texts), "labels": labels,
         "data": str(Path(args.data_dir) / "test.csv"), "cpu": cpu_info(), **(extra or {}),
@@ -154,6 +169,9 @@ def print_report(m: dict, out_dir: Path, stage: str) -> None:
         print(f"    {label:>12}: P {c['precision']:.4f} R {c['recall']:.4f} F1 {c['f1']:.4f} (n={c['support']})")
     print(f"  {m['samples_per_second']:.1f} samples/s (batch {m['batch_size']}, {m['threads']} threads, after warm-up; "
           f"{m['samples_per_second_with_tokenization']:.1f} with tokenization), model {m['model_size_mb']:.1f} MB")
+    if m["batch1_latency_ms"]:
+        lat = m["batch1_latency_ms"]
+        print(f"  one text per call: p50 {lat['p50']:.1f} ms, p95 {lat['p95']:.1f} ms (tokenization included, {lat['n']} texts)")
     for other, a in m["agreement"].items():
         logit = f", max |logit diff| {a['max_abs_logit_diff']:.2e}" if "max_abs_logit_diff" in a else ""
         batches = "" if a["same_batches"] else " (different batch size: not a like-for-like comparison)"

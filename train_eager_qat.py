@@ -36,6 +36,9 @@ def parse_args():
                         "(QAT fine-tune of an FP32 fine-tuned run); its labels must match")
     p.add_argument("--weight-type", choices=WEIGHT_TYPES, default="int8", help="quantize_dynamic weight type")
     p.add_argument("--per-channel", action="store_true", help="per-output-channel weight scales")
+    p.add_argument("--optimize-graph", action=argparse.BooleanOptionalAction, default=False,
+                   help="fuse the ONNX graph (Attention, EmbedLayerNormalization, ...) before quantization; training "
+                        "then simulates the fused quantization (one scale for the packed Q/K/V weight)")
     p.add_argument("--reduce-range", action=argparse.BooleanOptionalAction, default=None,
                    help="7-bit weights, which avoid the int16 saturation of AVX2/AVX-512 INT8 kernels without VNNI; "
                         "default: on when this CPU has no VNNI (pass it explicitly when the deploy CPU differs)")
@@ -72,9 +75,10 @@ def quant_config_for_cpu(args) -> QuantConfig:
         rule = f"auto: reduce_range={reduce_range} because this CPU {'has' if vnni else 'lacks'} VNNI"
     else:
         reduce_range, rule = args.reduce_range, "set by --reduce-range/--no-reduce-range"
-    print(f"quantization: weights {args.weight_type}, per_channel={args.per_channel}, reduce_range={reduce_range} ({rule})")
+    print(f"quantization: weights {args.weight_type}, per_channel={args.per_channel}, reduce_range={reduce_range} "
+          f"({rule}), optimize_graph={args.optimize_graph}")
     return QuantConfig(weight_type=args.weight_type, per_channel=args.per_channel, reduce_range=reduce_range,
-                       qat=not args.no_qat, chosen_for={"cpu": cpu["model"], "vnni": vnni, "rule": rule})
+                       qat=not args.no_qat, optimize_graph=args.optimize_graph, chosen_for={"cpu": cpu["model"], "vnni": vnni, "rule": rule})
 
 
 def compute_metrics(eval_pred):
