@@ -9,9 +9,9 @@
 Binds to 127.0.0.1 unless --host says otherwise. Bad input gets a 4xx with a one-line "detail" message and the
 service keeps answering: body not JSON or not {"texts": [...]} (400/422), empty list, non-string items, more than
 --max-batch texts, a text over --max-chars characters (422), a body over --max-body-bytes (413); more than
---max-pending requests waiting gets 503. Inference runs in a worker thread, one forward job at a time (the model
-already uses --threads cores), so the event loop keeps answering; requests that arrive together are gathered
-into one job (micro-batching).
+--max-pending requests waiting, or a request unanswered after --request-timeout s, gets 503. Inference runs in
+a worker thread, one forward job at a time (the model already uses --threads cores), so the event loop keeps
+answering; requests that arrive together are gathered into one job (micro-batching).
 
 --batch-mode per-text (default): each text is its own ONNX Runtime batch, without padding, so a text's result
 depends on that text only. ONNX Runtime's dynamic quantization scales activations per tensor, so in
@@ -48,6 +48,7 @@ class Settings:
     max_pending: int = 256  # requests waiting or running before 503
     batch_wait_ms: float = 2.0  # shared mode: how long to wait for more requests to join a job
     max_job_texts: int = 256  # texts gathered into one job
+    request_timeout_s: float = 120.0  # a request not answered by then gets 503 (and is dropped if not started)
     threads: int = os.cpu_count() or 1
 
 
@@ -122,7 +123,11 @@ class Batcher:
         self.pending += 1
         try:
             self.queue.put_nowait((texts, fut))
-            return await fut
+            try:
+                return await asyncio.wait_for(fut, self.settings.request_timeout_s)
+            except asyncio.TimeoutError:
+                raise BadRequest(503, f"not answered within {self.settings.request_timeout_s:g} s "
+                                      f"(--request-timeout): the server is overloaded; retry later")
         finally:
             self.pending -= 1
 
@@ -264,6 +269,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-body-bytes", type=int, default=d.max_body_bytes, help="largest request body")
     p.add_argument("--max-pending", type=int, default=d.max_pending,
                    help="requests waiting or in inference before new ones get 503")
+    p.add_argument("--request-timeout", type=float, default=d.request_timeout_s,
+                   help="seconds before a waiting request gets 503")
     p.add_argument("--threads", type=int, default=d.threads, help="CPU threads for ONNX Runtime")
     p.add_argument("--log-level", default="warning", help="uvicorn log level")
     return p
@@ -271,7 +278,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main():
     args = build_parser().parse_args()
-    for name in ("max_batch", "max_chars", "max_body_bytes", "max_pending", "threads", "batch_size"):
+    for name in ("max_batch", "max_chars", "max_body_bytes", "max_pending", "threads", "batch_size", "request_timeout"):
         if getattr(args, name) < 1:
             raise PipelineError(f"--{name.replace('_', '-')} must be at least 1")
     rdir = MODELS_DIR / args.run_name
@@ -297,7 +304,7 @@ def main():
     settings = Settings(batch_mode=args.batch_mode, batch_size=args.batch_size, max_batch=args.max_batch,
                         max_chars=args.max_chars, max_body_bytes=args.max_body_bytes, max_pending=args.max_pending,
                         batch_wait_ms=args.batch_wait_ms, max_job_texts=max(args.max_batch, 4 * args.batch_size),
-                        threads=args.threads)
+                        request_timeout_s=args.request_timeout, threads=args.threads)
     # The start-up check: the model's output width equals the run's labels (PipelineError otherwise).
     predictor = Predictor(rdir, threads=args.threads, model_file=args.model_file, batch_size=args.batch_size,
                           per_text=args.batch_mode == "per-text")

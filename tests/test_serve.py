@@ -326,11 +326,11 @@ def test_batcher_refuses_past_max_pending_and_survives_a_failing_job():
 
     class SlowPredictor:
         def __init__(self):
-            self.jobs = []
+            self.jobs, self.delay = [], 0.3
 
         def predict(self, texts):
             self.jobs.append(list(texts))
-            time.sleep(0.3)
+            time.sleep(self.delay)
             if "boom" in texts:
                 raise RuntimeError("boom")
             return [{"label": t} for t in texts]
@@ -354,6 +354,19 @@ def test_batcher_refuses_past_max_pending_and_survives_a_failing_job():
                 await b.submit(["boom"])
             assert (await b.submit(["e"]))[0]["label"] == "e"
             assert b.pending == 0
+        finally:
+            await b.stop()
+        fake = SlowPredictor()
+        b = serve.Batcher(fake, serve.Settings(request_timeout_s=0.1))
+        b.start()
+        try:
+            with pytest.raises(serve.BadRequest) as late:
+                await asyncio.gather(b.submit(["f"]), b.submit(["g"]))
+            assert late.value.status == 503 and "--request-timeout" in late.value.detail
+            assert b.pending == 0
+            await asyncio.sleep(0.4)  # the timed-out job finishes; its results go nowhere
+            fake.delay = 0.0
+            assert (await b.submit(["h"]))[0]["label"] == "h"
         finally:
             await b.stop()
 
