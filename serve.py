@@ -15,7 +15,7 @@ answering; requests that arrive together are gathered into one job (micro-batchi
 
 --batch-mode per-text (default): each text is its own ONNX Runtime batch, without padding, so a text's result
 depends on that text only. ONNX Runtime's dynamic quantization scales activations per tensor, so in
---batch-mode shared (texts of concurrent requests batched together by length, --batch-size per batch, faster) a
+--batch-mode shared (texts of concurrent requests batched together by length, --batch-size per batch) a
 text's label can depend on what else shares its batch; benchmarks/reports/batch_dependence.md has the rate.
 """
 
@@ -259,8 +259,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--port", type=int, default=8000)
     p.add_argument("--model-file", default=INT8_FILE, help="ONNX file in the run folder")
     p.add_argument("--batch-mode", choices=("per-text", "shared"), default=d.batch_mode,
-                   help="per-text: each text alone, result depends on the text only; shared: texts batched together "
-                        "(faster, but a label can depend on the batch)")
+                   help="per-text: each text alone, result depends on the text only; shared: texts of concurrent "
+                        "requests batched together (more throughput where batching pays; a label can depend on the "
+                        "batch)")
     p.add_argument("--batch-size", type=int, default=d.batch_size, help="rows per ONNX Runtime batch (shared mode)")
     p.add_argument("--batch-wait-ms", type=float, default=d.batch_wait_ms,
                    help="shared mode: wait this long for concurrent requests to join a job")
