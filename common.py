@@ -258,6 +258,9 @@ def atomic_output(final_path: Path):
     tmp = Path(tmp)
     try:
         yield tmp
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; outputs are shared files (a service may read them)
         os.replace(tmp, final_path)
     finally:
         if tmp.exists():
@@ -295,6 +298,8 @@ def load_run_labels(rdir: Path) -> list[str]:
     cfg_path = require_file(rdir / "config.json", "train_eager_qat.py")
     cfg = json.loads(cfg_path.read_text())
     id2label = cfg.get("id2label") or {}
+    if not id2label or set(id2label) != {str(i) for i in range(len(id2label))}:
+        raise PipelineError(f"{cfg_path} has no usable id2label: re-run train_eager_qat.py for this run")
     return [id2label[str(i)] for i in range(len(id2label))]
 
 

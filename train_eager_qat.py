@@ -14,6 +14,7 @@ import argparse
 import json
 import platform
 import shutil
+from pathlib import Path
 
 import numpy as np
 
@@ -174,7 +175,7 @@ def main():
         tokenizer.save_pretrained(tmp)
         qcfg.save(tmp / QUANT_CONFIG_FILE)
         info = {
-            "model": args.model, "model_source": resolve_model(args.model), "data_dir": str(args.data_dir),
+            "model": args.model, "model_source": resolve_model(args.model), "data_dir": str(Path(args.data_dir).resolve()),
             "text_column": args.text_column, "label_column": args.label_column, "max_length": args.max_length,
             "labels": labels, "input_names": input_names, "qat": qcfg.qat, "seed": args.seed,
             "epochs": args.epochs, "lr": args.lr, "batch_size": args.batch_size, "n_train": len(train.texts),

@@ -107,6 +107,22 @@ def test_export_checked_and_int8_smaller(trained_run):
     assert (run / "model_qat_int8_dynamic.onnx").stat().st_size < (run / "model_qat.onnx").stat().st_size
 
 
+def test_fixed_seed_reproduces_training(trained_run):
+    import torch
+
+    w = trained_run
+    args = ["--model", w["model"], "--data-dir", w["data"], "--max-length", "48", "--epochs", 1, "--lr", "2e-3",
+            "--batch-size", 16, "--max-train-samples", 200]
+    states = []
+    for name in ("repro-a", "repro-b"):
+        run_step("train_eager_qat.py", *args, "--run-name", name, env=w["env"])
+        states.append(torch.load(w["tmp"] / "models" / name / "model_qat.pth", weights_only=True))
+    assert states[0].keys() == states[1].keys()
+    assert all(torch.equal(states[0][k], states[1][k]) for k in states[0])
+    info = json.loads((w["tmp"] / "models" / "repro-a" / "run_info.json").read_text())
+    assert info["n_train"] == 200 and Path(info["data_dir"]).is_absolute()
+
+
 def test_help_for_every_step():
     for script in ("train_eager_qat.py", "export_to_onnx.py", "quantize_onnx_dynamic.py", "eval_onnx_int8_dynamic.py",
                    "eval_onnx_qat.py", "eval_eager_qat.py", "prepare_data.py"):
