@@ -58,20 +58,19 @@ def load_texts(run_name: str, data_dir: str | None) -> tuple[list[str], str]:
     return FALLBACK_TEXTS, "built-in sentences"
 
 
-def start_server(args, port: int, log):
+def start_server(run_name: str, port: int, log, *extra, env=None, timeout: float = 120):
+    """serve.py in a subprocess on 127.0.0.1:port, output to log; returns (process, base url) once /health answers."""
     import httpx
 
-    cmd = [sys.executable, str(ROOT / "serve.py"), "--run-name", args.run_name, "--host", "127.0.0.1", "--port",
-           str(port), "--batch-mode", args.batch_mode]
-    if args.threads:
-        cmd += ["--threads", str(args.threads)]
-    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
+    cmd = [sys.executable, str(ROOT / "serve.py"), "--run-name", run_name, "--host", "127.0.0.1", "--port", str(port),
+           *map(str, extra)]
+    proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 120
+    deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc.poll() is not None:
             log.seek(0)
-            raise PipelineError(f"serve.py exited with {proc.returncode}: {log.read().strip().splitlines()[-1:]}")
+            raise PipelineError(f"serve.py exited with {proc.returncode}: {log.read().strip()[-3000:]}")
         try:
             if httpx.get(f"{url}/health", timeout=2).status_code == 200:
                 return proc, url
@@ -79,7 +78,7 @@ def start_server(args, port: int, log):
             pass
         time.sleep(0.3)
     stop_server(proc)
-    raise PipelineError("serve.py did not answer /health within 120 s")
+    raise PipelineError(f"serve.py did not answer /health within {timeout:.0f} s")
 
 
 def stop_server(proc):
@@ -208,7 +207,8 @@ def main():
 
     port = free_port()
     with tempfile.TemporaryFile("w+") as log:
-        proc, url = start_server(args, port, log)
+        extra = ["--batch-mode", args.batch_mode] + (["--threads", args.threads] if args.threads else [])
+        proc, url = start_server(args.run_name, port, log, *extra)
         try:
             meta = httpx.get(f"{url}/metadata", timeout=10).json()
             for i in range(5):  # warm-up

