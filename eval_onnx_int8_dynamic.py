@@ -7,8 +7,8 @@ of its predictions with the other stages already evaluated (eval_eager_qat.py, e
     python eval_onnx_int8_dynamic.py [--run-name NAME] [--batch-size 32] [--threads N]
 """
 
-from common import INT8_FILE, QUANT_CONFIG_FILE, base_parser, load_run, load_run_labels, main_guard, require_file
-from evaluation import evaluate, ort_predict_fn, ort_session
+from common import INT8_FILE, QUANT_CONFIG_FILE, base_parser, load_run, main_guard, require_file
+from evaluation import evaluate_onnx
 from quant_sim import QuantConfig
 
 STAGE = "onnx_int8_dynamic"
@@ -18,11 +18,9 @@ def main():
     args = base_parser(__doc__).parse_args()
     rdir, _ = load_run(args)
     path = require_file(rdir / INT8_FILE, "quantize_onnx_dynamic.py")
-    session = ort_session(path, args.threads)
     qcfg = QuantConfig.load(require_file(rdir / QUANT_CONFIG_FILE, "train_eager_qat.py"))
     settings = {k: getattr(qcfg, k) for k in ("weight_type", "per_channel", "reduce_range", "chosen_for")}
-    evaluate(args, rdir, STAGE, path, ort_predict_fn(session, len(load_run_labels(rdir)), path), args.threads,
-             extra={"quant_config": settings})
+    evaluate_onnx(args, rdir, STAGE, path, extra={"quant_config": settings})
 
 
 if __name__ == "__main__":

@@ -5,8 +5,8 @@ Writes results/<run>/metrics_onnx_qat.json and confusion_matrix_onnx_qat.png.
     python eval_onnx_qat.py [--run-name NAME] [--batch-size 32] [--threads N]
 """
 
-from common import ONNX_FILE, base_parser, load_run, load_run_labels, main_guard, require_file
-from evaluation import evaluate, ort_predict_fn, ort_session
+from common import ONNX_FILE, base_parser, load_run, main_guard, require_file
+from evaluation import evaluate_onnx
 
 STAGE = "onnx_qat"
 
@@ -15,8 +15,7 @@ def main():
     args = base_parser(__doc__).parse_args()
     rdir, _ = load_run(args)
     path = require_file(rdir / ONNX_FILE, "export_to_onnx.py")
-    session = ort_session(path, args.threads)
-    evaluate(args, rdir, STAGE, path, ort_predict_fn(session, len(load_run_labels(rdir)), path), args.threads)
+    evaluate_onnx(args, rdir, STAGE, path)
 
 
 if __name__ == "__main__":

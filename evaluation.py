@@ -40,6 +40,13 @@ def ort_predict_fn(session, n_labels: int, path: Path):
     return lambda batch: session.run([out.name], {k: batch[k] for k in names})[0]
 
 
+def evaluate_onnx(args, rdir: Path, stage: str, path: Path, extra: dict | None = None) -> dict:
+    """evaluate() for an ONNX model file of the run, with ONNX Runtime."""
+    session = ort_session(path, args.threads)
+    return evaluate(args, rdir, stage, path, ort_predict_fn(session, len(load_run_labels(rdir)), path), args.threads,
+                    extra)
+
+
 def classification_metrics(y_true: np.ndarray, y_pred: np.ndarray, labels: list[str]) -> dict:
     from sklearn.metrics import accuracy_score, confusion_matrix, precision_recall_fscore_support
 
