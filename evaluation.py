@@ -41,10 +41,11 @@ def ort_predict_fn(session, n_labels: int, path: Path):
 
 
 def evaluate_onnx(args, rdir: Path, stage: str, path: Path, extra: dict | None = None) -> dict:
-    """evaluate() for an ONNX model file of the run, with ONNX Runtime."""
-    session = ort_session(path, args.threads)
-    return evaluate(args, rdir, stage, path, ort_predict_fn(session, len(load_run_labels(rdir)), path), args.threads,
-                    extra)
+    """evaluate() for an ONNX model file of the run, through the Predictor the service uses."""
+    from predictor import Predictor
+
+    predictor = Predictor(rdir, threads=args.threads, model_file=path.name, batch_size=args.batch_size)
+    return evaluate(args, rdir, stage, path, predictor.forward, args.threads, extra)
 
 
 def classification_metrics(y_true: np.ndarray, y_pred: np.ndarray, labels: list[str]) -> dict:

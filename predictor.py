@@ -62,7 +62,8 @@ class Predictor:
         # A fast tokenizer's truncation settings are mutable state: concurrent calls can fail ("Already borrowed").
         self._tokenizer_lock = threading.Lock()
         self.session = ort_session(self.model_path, self.threads)
-        self._forward = ort_predict_fn(self.session, len(self.labels), self.model_path)
+        self.forward = ort_predict_fn(self.session, len(self.labels), self.model_path)
+        # self.forward: one tokenized batch {input name: int64 array} -> logits (what the eval scripts time)
         # The output width may be symbolic in the graph: check it on a real forward pass too.
         width = self.predict_logits(["ok"]).shape[-1]
         if width != len(self.labels):
@@ -85,7 +86,7 @@ class Predictor:
             raise TypeError(f"texts must be strings; item {bad[0]} is {type(texts[bad[0]]).__name__}")
         logits = np.zeros((len(texts), len(self.labels)), dtype=np.float32)
         for idx, batch in (self.batches(texts) if texts else []):
-            logits[idx] = np.asarray(self._forward(batch), dtype=np.float32)
+            logits[idx] = np.asarray(self.forward(batch), dtype=np.float32)
         return logits
 
     def predict(self, texts) -> list[dict]:

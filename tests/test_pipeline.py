@@ -177,6 +177,9 @@ def test_model_file_not_matching_labels(trained_run):
     config["id2label"] = {"0": "negative", "1": "neutral", "2": "positive"}
     config["label2id"] = {v: int(k) for k, v in config["id2label"].items()}
     (clone / "config.json").write_text(json.dumps(config))
+    info = json.loads((clone / "run_info.json").read_text())
+    info["labels"] = list(config["id2label"].values())
+    (clone / "run_info.json").write_text(json.dumps(info))
     (clone / "model_qat.onnx").unlink()
     proc = run_step("export_to_onnx.py", "--run-name", "three-labels", env=env, check=False)
     assert_one_line_error(proc, "does not match", "3 labels")
