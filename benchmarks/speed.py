@@ -119,12 +119,27 @@ def build_model(name: str, spec: dict, tokenizer, cache: Path) -> dict:
     qcfg = plan_quantization(model, QuantConfig())
     quantize(fp32, int8, qcfg)
     log(f"{name}: exported and quantized in {time.perf_counter() - t0:.0f} s")
+    int8_opt, int8_opt_note = folder / "model_int8_optimized.onnx", None
+    if "optimize_graph" in QuantConfig.__dataclass_fields__:  # the pipeline's graph-optimised INT8, where it has one
+        try:
+            t0 = time.perf_counter()
+            qopt = plan_quantization(model, QuantConfig(optimize_graph=True))
+            quantize(fp32, int8_opt, qopt, model.config.to_dict())
+            int8_opt_note = f"built in {time.perf_counter() - t0:.0f} s"
+        except Exception as e:
+            int8_opt_note = f"failed: {type(e).__name__}: {str(e).splitlines()[0][:160] if str(e) else ''}"
+            int8_opt.unlink(missing_ok=True)
+    else:
+        int8_opt_note = "the pipeline has no QuantConfig.optimize_graph"
+    log(f"{name}: INT8 with optimize_graph: {int8_opt_note}")
     fused_note = try_ort_optimizer(fp32, fused, model.config)
     info = {"input_names": names, "config": {k: getattr(model.config, k) for k in BERT_BASE},
             "fp32": str(fp32), "int8": str(int8), "fused": str(fused) if fused.is_file() else None,
+            "int8_opt": str(int8_opt) if int8_opt.is_file() else None, "int8_opt_note": int8_opt_note,
             "fused_note": fused_note, "torch_dir": str(torch_dir),
             "size_mb": {"torch_fp32": (torch_dir / "model.safetensors").stat().st_size / 1e6,
-                        "ort_fp32": onnx_size_mb(fp32), "ort_int8": onnx_size_mb(int8)}}
+                        "ort_fp32": onnx_size_mb(fp32), "ort_int8": onnx_size_mb(int8)},
+            "variant_size_mb": {p.name: onnx_size_mb(p) for p in (fp32, fused, int8, int8_opt) if p.is_file()}}
     info_path.write_text(json.dumps(info, indent=2))
     return {**info, "model": model, "folder": folder}
 
@@ -180,15 +195,17 @@ def predictors(m: dict, threads: int):
     no idle ONNX Runtime thread pool (its threads spin-wait after a run) competes with the next configuration."""
     import gc
 
-    yield "torch_fp32", "eager_inference_mode", torch_predictor(m["model"], threads)
+    yield "torch_fp32", "eager_inference_mode", torch_predictor(m["model"], threads), m["size_mb"]["torch_fp32"]
     paths = [("ort_fp32", "exported_ORT_ENABLE_ALL", m["fp32"])]
     if m.get("fused"):
         paths.append(("ort_fp32", "ort_transformers_optimizer", m["fused"]))
     paths.append(("ort_int8", "quantize_dynamic", m["int8"]))
+    if m.get("int8_opt"):
+        paths.append(("ort_int8", "optimize_graph+quantize_dynamic", m["int8_opt"]))
     for backend, variant, path in paths:
         time.sleep(0.5)  # let the previous runtime's worker threads stop spinning
         predict = ort_predictor(path, threads)
-        yield backend, variant, predict
+        yield backend, variant, predict, m["variant_size_mb"][Path(path).name]
         del predict
         gc.collect()
 
@@ -224,7 +241,7 @@ def fixed_batch(names, batch: int, seq: int, vocab: int, seed: int = 0) -> dict:
 def bench_fixed(name, m, args, records):
     vocab = m["config"]["vocab_size"]
     for threads in args.threads:
-        for backend, variant, predict in predictors(m, threads):
+        for backend, variant, predict, size in predictors(m, threads):
             for batch in args.batch_sizes:
                 for seq in args.seq_lens:
                     inputs = fixed_batch(m["input_names"], batch, seq, vocab)
@@ -232,10 +249,10 @@ def bench_fixed(name, m, args, records):
                     times = time_runs(lambda: predict(inputs), args.warmup, min_rep, args.max_repeats, args.budget_s)
                     rec = {"model": name, "backend": backend, "variant": variant, "measure": "latency",
                            "batch_size": batch, "seq_len": seq, "threads": threads, **stats_ms(times),
-                           "size_mb": m["size_mb"][backend]}
+                           "size_mb": size}
                     rec["samples_per_s"] = batch / (rec["median_ms"] / 1e3)
                     records.append(rec)
-                    log(f"{name} {backend:10s} {variant:27s} b{batch:<3d} s{seq:<4d} t{threads}: "
+                    log(f"{name} {backend:10s} {variant:32s} b{batch:<3d} s{seq:<4d} t{threads}: "
                         f"median {rec['median_ms']:9.2f} ms (n={rec['n_repeats']})")
 
 
@@ -263,7 +280,7 @@ def bench_smsa(name, m, tokenizer, texts, args, records):
                           key=lambda b: b["input_ids"].size))
     naive_warm = fixed_batch(names, SMSA_BATCH, SMSA_MAX_LEN, min(vocab, tokenizer.vocab_size))
     for threads in args.smsa_threads(name):
-        for backend, variant, predict in predictors(m, threads):
+        for backend, variant, predict, size in predictors(m, threads):
             plans = [("eval_sorted", eval_sorted, longest)]
             if backend == "torch_fp32":
                 plans.append(("naive_pad128", naive, naive_warm))
@@ -273,11 +290,11 @@ def bench_smsa(name, m, tokenizer, texts, args, records):
                                   args.smsa_budget_s)
                 rec = {"model": name, "backend": backend, "variant": variant, "measure": "smsa_end_to_end",
                        "batch_size": SMSA_BATCH, "seq_len": "smsa_test", "batching": batching, "threads": threads,
-                       **stats_ms(times), "size_mb": m["size_mb"][backend], "n_texts": len(texts),
+                       **stats_ms(times), "size_mb": size, "n_texts": len(texts),
                        "ids_clipped_to_vocab": clip}
                 rec["samples_per_s"] = len(texts) / (rec["median_ms"] / 1e3)
                 records.append(rec)
-                log(f"{name} {backend:10s} {variant:27s} smsa {batching:12s} t{threads}: "
+                log(f"{name} {backend:10s} {variant:32s} smsa {batching:12s} t{threads}: "
                     f"{rec['samples_per_s']:8.1f} texts/s (n={rec['n_repeats']})")
 
 
@@ -327,18 +344,25 @@ def bench_memory(name, m, args, records):
     vocab = min(m["config"]["vocab_size"], 1000)
     jobs = {("torch_fp32", True): m["torch_dir"], ("ort_fp32", True): m["fp32"], ("ort_int8", True): m["int8"],
             ("torch_fp32", False): m["torch_dir"], ("ort_fp32", False): m["fp32"]}
+    if m.get("int8_opt"):
+        jobs[("ort_int8", "optimized")] = m["int8_opt"]
     # Memory does not depend on the CPU time the children get, so they may run side by side.
     with ThreadPoolExecutor(max_workers=args.memory_workers) as pool:
-        futs = {k: pool.submit(peak_rss, k[0], p, threads, m["input_names"], vocab, k[1]) for k, p in jobs.items()}
+        futs = {k: pool.submit(peak_rss, k[0], p, threads, m["input_names"], vocab, k[1] is not False)
+                for k, p in jobs.items()}
         res = {k: f.result() for k, f in futs.items()}
-    for backend in BACKENDS:
+    for (backend, load), path in jobs.items():
+        if load is False:
+            continue
         base = res[("torch_fp32" if backend == "torch_fp32" else "ort_fp32", False)]["peak_rss_mb"]
-        peak = res[(backend, True)]["peak_rss_mb"]
-        records.append({"model": name, "backend": backend, "measure": "peak_rss", "batch_size": 32, "seq_len": 128,
-                        "threads": threads, "median_ms": None, "size_mb": m["size_mb"][backend],
+        peak = res[(backend, load)]["peak_rss_mb"]
+        size = m["size_mb"]["torch_fp32"] if backend == "torch_fp32" else m["variant_size_mb"][Path(path).name]
+        variant = "optimize_graph+quantize_dynamic" if load == "optimized" else None
+        records.append({"model": name, "backend": backend, "variant": variant, "measure": "peak_rss", "batch_size": 32,
+                        "seq_len": 128, "threads": threads, "median_ms": None, "size_mb": size,
                         "peak_rss_mb": peak, "baseline_rss_mb": base, "model_rss_mb": peak - base,
-                        "ru_maxrss_mb": res[(backend, True)]["ru_maxrss_mb"]})
-        log(f"{name} {backend:10s} peak RSS {peak:8.1f} MB (imports only: {base:.1f} MB)")
+                        "ru_maxrss_mb": res[(backend, load)]["ru_maxrss_mb"]})
+        log(f"{name} {backend:10s} {variant or '':32s} peak RSS {peak:8.1f} MB (imports only: {base:.1f} MB)")
 
 
 # ---------------------------------------------------------------- report
@@ -389,6 +413,10 @@ def write_report(records, meta, out_dir: Path, targets_model: str) -> Path:
          f"Software: Python {meta['python']}, torch {meta['torch']}, onnxruntime {meta['onnxruntime']}, "
          f"transformers {meta['transformers']}. Load average at start: {meta['loadavg_start']}, at end: "
          f"{meta['loadavg_end']} (this benchmark's own threads included).", ""]
+    L += ["Backends: `torch_fp32`; `ort_fp32` (configurations: exported graph at ORT_ENABLE_ALL, and the "
+          "onnxruntime.transformers-fused graph); `ort_int8` (configurations: `quantize(..., QuantConfig())` of the "
+          "export, and, where the pipeline has it, `QuantConfig(optimize_graph=True)`: fusion before quantization). "
+          "Ratios and charts use the fastest configuration of each backend.", ""]
     L += [f"CPU used by other processes while this benchmark ran: {meta['other_cores']:.2f} cores on average "
           "(system busy time minus this process and its children, over the wall time).", ""]
     busy = float(meta["loadavg_start"].split()[0])
@@ -407,7 +435,8 @@ def write_report(records, meta, out_dir: Path, targets_model: str) -> Path:
          "on the fused graph; 'best ORT FP32' is the faster. INT8 is `quantize_onnx_dynamic.quantize` of the export "
          "(QuantConfig() defaults, run through the pipeline's own functions).", ""]
     for name, m in meta["models"].items():
-        L += [f"## {name}", "", f"Shape: {m['config']}. {m['note']}", "", f"ORT transformers optimizer: {m['fused_note']}", ""]
+        L += [f"## {name}", "", f"Shape: {m['config']}. {m['note']}", "", f"ORT transformers optimizer: {m['fused_note']}. "
+              f"INT8 with optimize_graph: {m.get('int8_opt_note')}.", ""]
         for threads in sorted({r["threads"] for r in records if r["model"] == name}):
             L += [f"### {name}, {threads} thread(s) — {meta['cpu']['model']}", ""]
             rows = []
@@ -439,12 +468,12 @@ def write_report(records, meta, out_dir: Path, targets_model: str) -> Path:
               "PyTorch, onnxruntime for ORT), so 'model share' = peak - imports only.", ""]
         rows = []
         for r in mem:
-            rows.append([r["model"], r["backend"], f"{r['size_mb']:.1f}", f"{r['peak_rss_mb']:.0f}",
+            rows.append([r["model"], r["backend"] + (f" ({r['variant']})" if r.get("variant") else ""), f"{r['size_mb']:.1f}", f"{r['peak_rss_mb']:.0f}",
                          f"{r['baseline_rss_mb']:.0f}", f"{r['model_rss_mb']:.0f}"])
         L += [md_table(["model", "backend", "size on disk MB", "peak RSS MB", "imports only MB", "model share MB"], rows), ""]
         for name in meta["models"]:
             t = next((r for r in mem if r["model"] == name and r["backend"] == "torch_fp32"), None)
-            q = next((r for r in mem if r["model"] == name and r["backend"] == "ort_int8"), None)
+            q = next((r for r in mem if r["model"] == name and r["backend"] == "ort_int8" and not r.get("variant")), None)
             if t and q:
                 L.append(f"- {name}: INT8 vs PyTorch FP32 — size {t['size_mb'] / q['size_mb']:.2f}x smaller, peak RSS "
                          f"{t['peak_rss_mb'] / q['peak_rss_mb']:.2f}x lower, model share {t['model_rss_mb'] / max(q['model_rss_mb'], 1e-9):.2f}x lower.")
@@ -647,6 +676,7 @@ def main(argv=None):
             log(f"building {name}")
             m = build_model(name, spec, tokenizer, cache)
             meta["models"][name] = {"config": m["config"], "note": spec["note"], "fused_note": m["fused_note"],
+                                    "int8_opt_note": m.get("int8_opt_note"),
                                     "size_mb": m["size_mb"]}
             log(f"{name}: sizes {m['size_mb']}; {m['fused_note']}")
             bench_fixed(name, m, args, records)
