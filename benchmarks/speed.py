@@ -619,7 +619,7 @@ def main(argv=None):
     if args.out_dir:
         out_dir = Path(args.out_dir)
     elif args.smoke:
-        out_dir = tmp_out = Path(tempfile.mkdtemp(prefix="speed-smoke-"))
+        out_dir = Path(tempfile.mkdtemp(prefix="speed-smoke-"))
     else:
         out_dir = DEFAULT_REPORT_DIR
     out_dir.mkdir(parents=True, exist_ok=True)
