@@ -256,5 +256,6 @@ def remove_fake_quant(model: nn.Module) -> nn.Module:
             m.__class__ = nn.Embedding
         elif isinstance(m, QuantLayerNorm):
             m.__class__ = nn.LayerNorm
-        m.__dict__.pop("packed_with", None)
+        for attr in ("packed_with", "quant_config"):
+            m.__dict__.pop(attr, None)
     return model
