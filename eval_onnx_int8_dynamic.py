@@ -19,8 +19,7 @@ def main():
     rdir, _ = load_run(args)
     path = require_file(rdir / INT8_FILE, "quantize_onnx_dynamic.py")
     qcfg = QuantConfig.load(require_file(rdir / QUANT_CONFIG_FILE, "train_eager_qat.py"))
-    settings = {k: getattr(qcfg, k) for k in ("weight_type", "per_channel", "reduce_range", "chosen_for")}
-    evaluate_onnx(args, rdir, STAGE, path, extra={"quant_config": settings})
+    evaluate_onnx(args, rdir, STAGE, path, extra={"quant_config": qcfg.settings()})
 
 
 if __name__ == "__main__":

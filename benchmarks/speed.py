@@ -615,7 +615,6 @@ def main(argv=None):
 
     started = time.perf_counter()
     snap = cpu_snapshot()
-    tmp_out = None
     if args.out_dir:
         out_dir = Path(args.out_dir)
     elif args.smoke:
