@@ -24,8 +24,10 @@ With optimize_graph (onnxruntime.transformers.optimizer fusions before quantizat
 * EmbedLayerNormalization -> QEmbedLayerNormalization also quantizes the embedding LayerNorm's gamma and beta
   like the tables (uint8, asymmetric, per tensor).
 
-Weight parameters are computed in float64 and the scale is stored as float32, as ORT does; activations are
-quantized in float32 as the C++ kernel does. Gradients are straight-through; scales are not trained.
+Weight ranges are float32 min/max (exact), the scale arithmetic float64 and the scale stored as float32, as ORT
+does; activations are quantized in float32 as the C++ kernel does; the integer GEMM is exact (int_matmul).
+Gradients are straight-through; scales are not trained. Cost: quantized weights are cached while they do not
+change, and embedding tables are quantized only in the rows a batch gathers.
 """
 
 from __future__ import annotations
@@ -113,11 +115,21 @@ def fake_quant_activation_int(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tens
     return _ste(x_div, q), scale
 
 
-def weight_qparams(
-    w: torch.Tensor, weight_type: str, per_channel: bool, reduce_range: bool, symmetric: bool | None = None
-) -> tuple[torch.Tensor, torch.Tensor, float, float]:
-    """ORT's compute_scale_zp for a weight (float64 maths, float32 scale). Per channel is over dim 0
-    (a Linear's output features = the last axis of the exported MatMul's B).
+def tensor_range(w: torch.Tensor, per_channel: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """float32 min and max of a weight, per output channel (dim 0) or per tensor (shape [1]). Exact in float32:
+    a min or max selects an element, so the float64 copy ORT's numpy code makes would change nothing."""
+    with torch.no_grad():
+        w = w.detach()
+        if per_channel:
+            flat = w.reshape(w.shape[0], -1)
+            return flat.amin(dim=1).float(), flat.amax(dim=1).float()
+        rmin, rmax = torch.aminmax(w)
+        return rmin.reshape(1).float(), rmax.reshape(1).float()
+
+
+def qparams_from_range(rmin: torch.Tensor, rmax: torch.Tensor, weight_type: str, reduce_range: bool,
+                       symmetric: bool | None = None) -> tuple[torch.Tensor, torch.Tensor, float, float]:
+    """ORT's compute_scale_zp on a weight's float32 range: float64 maths on the (few) range values, float32 scale.
     Returns scale, zero_point, and the clip range of quantize_nparray (the full type range)."""
     if symmetric is None:
         symmetric = weight_type == "int8"  # BaseQuantizer.is_weight_symmetric
@@ -128,12 +140,7 @@ def weight_qparams(
         qmin, qmax = (0, 127) if reduce_range else (0, 255)
         clip = (0.0, 255.0)
     with torch.no_grad():
-        w64 = w.detach().double()
-        if per_channel:
-            rmin, rmax = w64.amin(dim=tuple(range(1, w.dim()))), w64.amax(dim=tuple(range(1, w.dim())))
-        else:
-            rmin, rmax = w64.min().reshape(1), w64.max().reshape(1)
-        # ORT compares in the weight's own dtype (float32) before promoting
+        # ORT compares with 0 in the weight's own dtype (float32) before promoting
         rmin = torch.clamp(rmin.float(), max=0.0).double()
         rmax = torch.clamp(rmax.float(), min=0.0).double()
         if symmetric:
@@ -151,57 +158,159 @@ def weight_qparams(
     return scale, zero_point, clip[0], clip[1]
 
 
+def weight_qparams(
+    w: torch.Tensor, weight_type: str, per_channel: bool, reduce_range: bool, symmetric: bool | None = None
+) -> tuple[torch.Tensor, torch.Tensor, float, float]:
+    """ORT's compute_scale_zp for a weight. Per channel is over dim 0 (a Linear's output features = the last axis
+    of the exported MatMul's B). Returns scale, zero_point, and the clip range of quantize_nparray."""
+    return qparams_from_range(*tensor_range(w, per_channel), weight_type, reduce_range, symmetric)
+
+
+def quantize_int(w: torch.Tensor, scale: torch.Tensor, zero_point: torch.Tensor, lo: float, hi: float) -> torch.Tensor:
+    """(q - zero_point) of quantize_nparray: (w.astype(float32) / scale).round() + zero_point, clipped; no gradient.
+    scale and zero_point broadcast over dim 0 (per channel) or are one value."""
+    with torch.no_grad():
+        shape = (-1,) + (1,) * (w.dim() - 1)
+        s, zp = scale.reshape(shape), zero_point.reshape(shape)
+        return torch.clamp(_round_half_even(w.detach() / s) + zp, lo, hi) - zp
+
+
+def _with_ste(w: torch.Tensor, q: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    """q's value, with the straight-through gradient of w / scale (none when w needs none)."""
+    if not (torch.is_grad_enabled() and w.requires_grad):
+        return q
+    s = scale.reshape((-1,) + (1,) * (w.dim() - 1))
+    return q + (w - w.detach()) / s  # w - w.detach() is exactly 0: the value stays q
+
+
 def fake_quant_weight_int(w: torch.Tensor, cfg: QuantConfig, packed: torch.Tensor | None = None):
     """(q - zero_point) of ORT's weight quantization, with w's gradient (divided by scale), and the scale
     (shape [out] per channel, [1] per tensor). packed: the whole packed tensor w is part of, whose range sets a
     per-tensor scale."""
     range_source = w if packed is None or cfg.per_channel else packed
     scale, zero_point, lo, hi = weight_qparams(range_source, cfg.weight_type, cfg.per_channel, cfg.reduce_range)
-    shape = (-1,) + (1,) * (w.dim() - 1)
-    s, zp = scale.reshape(shape), zero_point.reshape(shape)
-    w_div = w / s  # quantize_nparray: (arr.astype(float32) / scale).round() + zero_point, clipped
-    q = torch.clamp(_round_half_even(w_div) + zp, lo, hi) - zp
-    return _ste(w_div, q), scale
+    return _with_ste(w, quantize_int(w, scale, zero_point, lo, hi), scale), scale
+
+
+def table_qparams(w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, float, float]:
+    """Gather data quantization (GatherQuant, QEmbedLayerNormalization): uint8 asymmetric per tensor, no
+    reduce_range."""
+    return weight_qparams(w, "uint8", per_channel=False, reduce_range=False, symmetric=False)
+
+
+def fake_quant_rows(rows: torch.Tensor, scale: torch.Tensor, zero_point: torch.Tensor, lo: float, hi: float):
+    """Dequantized values of rows quantized with a table's (scalar) parameters, straight-through gradient.
+    Quantization is elementwise, so quantizing the gathered rows equals gathering from the quantized table."""
+    q = quantize_int(rows.reshape(-1), scale, zero_point, lo, hi).reshape(rows.shape)
+    return _with_ste(rows, q, scale) * scale
 
 
 def fake_quant_embedding_table(w: torch.Tensor) -> torch.Tensor:
-    """Dequantized tensor as GatherQuant (and QEmbedLayerNormalization) leave it: uint8 asymmetric per tensor,
-    no reduce_range."""
-    scale, zero_point, lo, hi = weight_qparams(w, "uint8", per_channel=False, reduce_range=False, symmetric=False)
-    w_div = w / scale
-    q = torch.clamp(_round_half_even(w_div) + zero_point, lo, hi) - zero_point
-    return _ste(w_div, q) * scale
+    """The whole table dequantized as GatherQuant leaves it (tests and small tables; QuantEmbedding quantizes only
+    the rows it gathers)."""
+    return fake_quant_rows(w, *table_qparams(w))
+
+
+INT_GEMM_EXACT = float(2**24)  # float32 represents every integer up to 2**24 exactly
+
+
+def int_matmul(x_int: torch.Tensor, w_int: torch.Tensor) -> torch.Tensor:
+    """x_int @ w_int.T of integer-valued float32 tensors, equal to MatMulInteger's int32 result converted to float32
+    (round to nearest even), whatever the width. A float32 GEMM is exact when every partial sum stays below 2**24;
+    by Cauchy-Schwarz every partial sum of row i and output j is at most ||x_i|| * ||w_j||, so when the largest
+    norms keep that below 2**24 one GEMM is exact in any summation order. Otherwise w = 16 * w_hi + w_lo splits it
+    into two GEMMs of smaller terms (each checked the same way, float64 as the last resort); the sum of the two exact
+    results is rounded once, as the int32 -> float32 conversion is."""
+    x_norm = _max_row_norm(x_int)
+    if x_norm * _max_row_norm(w_int) < INT_GEMM_EXACT:
+        return F.linear(x_int, w_int)
+    w_hi = torch.div(w_int.detach(), 16, rounding_mode="floor")
+    w_lo = w_int - 16 * w_hi  # carries w_int's gradient; w_hi is a constant
+    if x_norm * max(_max_row_norm(w_hi), _max_row_norm(w_lo)) < INT_GEMM_EXACT:
+        return F.linear(x_int, w_lo) + 16 * F.linear(x_int, w_hi)
+    return F.linear(x_int.double(), w_int.double()).float()  # exact below 2**53
+
+
+def _max_row_norm(t: torch.Tensor) -> float:
+    """Largest L2 norm over the last dimension, rounded up a little (the float32 norm itself is not exact)."""
+    if t.numel() == 0:
+        return 0.0
+    with torch.no_grad():
+        return float(torch.linalg.vector_norm(t.detach(), dim=-1).max()) * (1 + 1e-4)
 
 
 def quantized_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, cfg: QuantConfig,
-                     packed: torch.Tensor | None = None):
-    """MatMulInteger(DynamicQuantizeLinear(x), W_q) * (a_scale * w_scale) + bias.
-    The integer-valued float32 GEMM is exact while partial sums stay below 2**24, as int32 accumulation is."""
+                     packed: torch.Tensor | None = None, w_int: torch.Tensor | None = None,
+                     w_scale: torch.Tensor | None = None):
+    """MatMulInteger(DynamicQuantizeLinear(x), W_q) * (a_scale * w_scale) + bias, with ORT's int32 accumulation
+    reproduced exactly (int_matmul). w_int, w_scale: the weight's quantization when already known (QuantLinear's
+    cache)."""
     x_int, x_scale = fake_quant_activation_int(x)
-    w_int, w_scale = fake_quant_weight_int(weight, cfg, packed)
-    y = F.linear(x_int, w_int) * (x_scale * w_scale)
+    if w_int is None:
+        w_int, w_scale = fake_quant_weight_int(weight, cfg, packed)
+    y = int_matmul(x_int, w_int) * (x_scale * w_scale)
     return y if bias is None else y + bias
 
 
+def _version_key(t: torch.Tensor) -> tuple:
+    """Changes whenever t is modified in place (optimizer step, load_state_dict) or replaced."""
+    return (t.data_ptr(), t._version, tuple(t.shape))
+
+
 class QuantLinear(nn.Linear):
-    """nn.Linear whose forward is ORT's dynamic INT8 MatMul; parameters and state_dict keys unchanged."""
+    """nn.Linear whose forward is ORT's dynamic INT8 MatMul; parameters and state_dict keys unchanged.
+    The weight's integer values are cached while the weight (and its packed group) do not change, so evaluation
+    quantizes each weight once; training re-quantizes after every optimizer step."""
 
     quant_config: QuantConfig
     packed_with: tuple = ()  # the Linears (self included) whose weights ORT packs into one tensor
 
+    def _weight_range(self):
+        key = _version_key(self.weight)
+        cached = self.__dict__.get("_range_cache")
+        if cached is None or cached[0] != key:
+            cached = (key, tensor_range(self.weight, self.quant_config.per_channel))
+            self.__dict__["_range_cache"] = cached
+        return cached[1]
+
+    def _quantized_weight(self):
+        cfg = self.quant_config
+        group = self.packed_with if self.packed_with and not cfg.per_channel else (self,)
+        key = tuple(_version_key(m.weight) for m in group)
+        cached = self.__dict__.get("_weight_cache")
+        if cached is None or cached[0] != key:
+            ranges = [m._weight_range() for m in group]  # a packed tensor's range: over all its parts
+            rmin = torch.stack([r[0] for r in ranges]).amin(dim=0)
+            rmax = torch.stack([r[1] for r in ranges]).amax(dim=0)
+            scale, zero_point, lo, hi = qparams_from_range(rmin, rmax, cfg.weight_type, cfg.reduce_range)
+            with torch.inference_mode(False):  # a cache made under inference_mode could not be used in training
+                q = quantize_int(self.weight, scale, zero_point, lo, hi)
+            cached = (key, q, scale)
+            self.__dict__["_weight_cache"] = cached
+        _, q, scale = cached
+        return _with_ste(self.weight, q, scale), scale
+
     def forward(self, x):
-        packed = None
-        if self.packed_with:
-            with torch.no_grad():
-                packed = torch.cat([m.weight.detach().reshape(-1) for m in self.packed_with])
-        return quantized_linear(x, self.weight, self.bias, self.quant_config, packed)
+        w_int, w_scale = self._quantized_weight()
+        return quantized_linear(x, self.weight, self.bias, self.quant_config, w_int=w_int, w_scale=w_scale)
 
 
 class QuantEmbedding(nn.Embedding):
-    """nn.Embedding whose table is ORT's uint8-quantized Gather data; parameters unchanged."""
+    """nn.Embedding whose table is ORT's uint8-quantized Gather data; parameters unchanged. Only the gathered
+    rows are quantized, with the table's parameters (cached while the table does not change): a 250k-row table
+    costs a lookup, not a pass over the table."""
+
+    def _table_qparams(self):
+        key = _version_key(self.weight)
+        cached = self.__dict__.get("_qparams_cache")
+        if cached is None or cached[0] != key:
+            cached = (key, table_qparams(self.weight))
+            self.__dict__["_qparams_cache"] = cached
+        return cached[1]
 
     def forward(self, ids):
-        return F.embedding(ids, fake_quant_embedding_table(self.weight), self.padding_idx)
+        rows = F.embedding(ids, self.weight, self.padding_idx)
+        return fake_quant_rows(rows, *self._table_qparams())
 
 
 class QuantLayerNorm(nn.LayerNorm):
@@ -260,6 +369,6 @@ def remove_fake_quant(model: nn.Module) -> nn.Module:
             m.__class__ = nn.Embedding
         elif isinstance(m, QuantLayerNorm):
             m.__class__ = nn.LayerNorm
-        for attr in ("packed_with", "quant_config"):
+        for attr in ("packed_with", "quant_config", "_range_cache", "_weight_cache", "_qparams_cache"):
             m.__dict__.pop(attr, None)
     return model

@@ -1,11 +1,18 @@
 """The fake quantization reproduces ONNX Runtime's dynamic INT8 arithmetic.
 
-Tolerance: outputs of the simulation and of ONNX Runtime may differ only by float32 rounding, stated as
-max |diff| <= 1e-5 * max |output| (one Linear) and max |logit diff| <= 1e-5 (tiny BERT); in practice they
-are bit-identical here.
+Tolerance: one Linear layer is bit-identical to ONNX Runtime (assert_array_equal) in every setting the CPU's
+kernel computes exactly; a tiny BERT's logits may differ by float32 rounding of the FP32 ops (LayerNorm, GELU,
+softmax kernels differ), stated as max |logit diff| <= 1e-5.
+
+One CPU-dependent exception, reproduced here rather than hidden: on x86 without VNNI, ORT's U8S8 kernel
+(AVX2/AVX-512BW vpmaddubsw) adds the products of adjacent pairs (k, k+1) of uint8 activations and int8 weights
+in saturating int16. With 8-bit int8 weights a pair can reach 2 * 255 * 127 > 32767 and saturates; reduce_range
+(7-bit weights, 2 * 255 * 64 < 32767) avoids it, which is why the pipeline turns reduce_range on for such CPUs.
+There the tests check ONNX Runtime against an integer reference of that saturating kernel instead.
 """
 
 import itertools
+import platform
 
 import numpy as np
 import onnx
@@ -16,12 +23,43 @@ from onnx import TensorProto, helper
 from onnxruntime.quantization import QuantType, quantize_dynamic
 from onnxruntime.quantization.quant_utils import quantize_data
 
+from common import has_vnni
 from quant_sim import (QuantConfig, apply_fake_quant, dynamic_activation_qparams, fake_quant_activation_int,
-                       fake_quant_embedding_table, plan_quantization, weight_qparams)
+                       fake_quant_embedding_table, fake_quant_weight_int, int_matmul, plan_quantization,
+                       weight_qparams)
 
 CONFIGS = [QuantConfig(weight_type=w, per_channel=pc, reduce_range=rr)
            for w, pc, rr in itertools.product(["int8", "uint8"], [False, True], [False, True])]
+# x86 without VNNI: ORT's U8S8 kernel saturates int16 pair sums (see the module docstring)
+PAIR_SATURATION = platform.machine().lower() in ("x86_64", "amd64") and not has_vnni()
 CONFIG_IDS = [f"{c.weight_type}-{'pc' if c.per_channel else 'pt'}{'-rr' if c.reduce_range else ''}" for c in CONFIGS]
+
+
+def saturates(cfg: QuantConfig) -> bool:
+    return PAIR_SATURATION and cfg.weight_type == "int8" and not cfg.reduce_range
+
+
+def u8s8_saturating_matmul(x_u8: np.ndarray, x_zp: int, w_s8: np.ndarray) -> np.ndarray:
+    """MatMulInteger as ORT's AVX2 U8S8 kernel computes it: sum over k of saturate_int16(a[2m] b[2m] +
+    a[2m+1] b[2m+1]) on the raw uint8 activations, minus the zero-point correction zp * sum_k b (int32)."""
+    a, b = x_u8.astype(np.int64), w_s8.astype(np.int64)  # [rows, K], [N, K]
+    out = np.empty((a.shape[0], b.shape[0]), dtype=np.int64)
+    pa, pb = a.reshape(a.shape[0], -1, 2), b.reshape(b.shape[0], -1, 2)
+    for j in range(0, b.shape[0], 256):
+        pairs = (pa[:, None] * pb[None, j:j + 256]).sum(-1)
+        out[:, j:j + 256] = np.clip(pairs, -32768, 32767).sum(-1)
+    return out - x_zp * b.sum(1)[None]
+
+
+def expected_ort_linear(x: torch.Tensor, lin: torch.nn.Linear, cfg: QuantConfig) -> np.ndarray:
+    """What ORT computes for one dynamically quantized Linear on a CPU whose kernel saturates pair sums."""
+    x_scale, x_zp = dynamic_activation_qparams(x)
+    x_int, _ = fake_quant_activation_int(x)
+    w_int, w_scale = fake_quant_weight_int(lin.weight.detach(), cfg)
+    x_u8 = (x_int + x_zp).reshape(-1, x.shape[-1]).numpy()
+    acc = u8s8_saturating_matmul(x_u8, int(x_zp), w_int.numpy())
+    y = acc.astype(np.float32) * (x_scale * w_scale).numpy().astype(np.float32) + lin.bias.detach().numpy()
+    return y.reshape(*x.shape[:-1], -1)
 
 
 def run_single_node(op, x):
@@ -99,10 +137,12 @@ def test_linear_matches_onnxruntime(linear_onnx, tmp_path, cfg, inputs):
     with torch.no_grad():
         y_sim = sim(x).numpy()
         y_fp32 = m(x).numpy()
-    err = np.abs(y_sim - y_ort).max()
-    assert err <= 1e-5 * np.abs(y_ort).max(), err
-    # and the simulation is not trivially FP32: quantization error is orders of magnitude larger
-    assert np.abs(y_fp32 - y_ort).max() > 100 * max(err, 1e-7)
+    if saturates(cfg):  # this CPU's kernel saturates: ORT equals the saturating integer reference instead
+        np.testing.assert_array_equal(y_ort, expected_ort_linear(x, sim.fc, cfg))
+        return
+    np.testing.assert_array_equal(y_sim, y_ort)  # bit for bit
+    # and the simulation is not trivially FP32: quantization error is large
+    assert np.abs(y_fp32 - y_ort).max() > 1e-3 * np.abs(y_ort).max()
 
 
 def test_embedding_table_matches_quantized_gather(tmp_path):
@@ -123,20 +163,43 @@ def test_embedding_table_matches_quantized_gather(tmp_path):
 
 
 def test_straight_through_gradients():
+    """STE: the gradient of the quantized forward y = x_q W_q^T + b passes through the rounding, so dL/dx = g W_q
+    and dL/dW = g^T x_q with the dequantized W_q, x_q and g = dL/dy of the quantized output. With fake quantization
+    off (or rounding not straight-through) these do not hold."""
     torch.manual_seed(5)
     cfg = QuantConfig()
     lin = OneLinear(32, 8)
     apply_fake_quant(lin, plan_quantization(lin, cfg))
     x = torch.randn(4, 32, requires_grad=True)
-    lin(x).pow(2).sum().backward()
-    ref = OneLinear(32, 8)
-    ref.load_state_dict(lin.state_dict())
-    x_ref = x.detach().clone().requires_grad_(True)
-    ref(x_ref).pow(2).sum().backward()
-    for g_sim, g_ref in ((x.grad, x_ref.grad), (lin.fc.weight.grad, ref.fc.weight.grad)):
-        assert torch.isfinite(g_sim).all() and g_sim.abs().sum() > 0
-        cos = torch.nn.functional.cosine_similarity(g_sim.flatten(), g_ref.flatten(), dim=0)
-        assert cos > 0.99  # STE: gradients of the quantized forward, close to the FP32 ones
+    y = lin(x)
+    y.pow(2).sum().backward()
+    g = 2 * y.detach()
+    x_int, x_scale = fake_quant_activation_int(x.detach())
+    w_int, w_scale = fake_quant_weight_int(lin.fc.weight.detach(), cfg)
+    w_q, x_q = w_int * w_scale, x_int * x_scale
+    torch.testing.assert_close(x.grad, g @ w_q, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(lin.fc.weight.grad, g.T @ x_q, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(lin.fc.bias.grad, g.sum(0))
+    # the quantized weight really differs from the FP32 one, so an FP32 gradient would fail the checks above
+    assert (g @ w_q - g @ lin.fc.weight.detach()).abs().max() > 1e-4
+
+
+def test_int_matmul_exact_at_bert_base_width():
+    """A 3072-wide FFN output with large activations and weights: int32 sums reach ~1e8, beyond float32's exact
+    integers (2**24); int_matmul still equals the int64 result rounded once to float32 (ORT's int32 -> float
+    conversion), where a plain float32 GEMM does not."""
+    g = torch.Generator().manual_seed(7)
+    x_int = torch.randint(200, 256, (16, 3072), generator=g).float()  # GELU-like: all near the top of uint8
+    w_int = torch.randint(100, 128, (64, 3072), generator=g).float()
+    w_int[::2] *= -1
+    exact = torch.from_numpy((x_int.numpy().astype(np.int64) @ w_int.numpy().astype(np.int64).T).astype(np.float32))
+    assert exact.abs().max() > 2**26
+    torch.testing.assert_close(int_matmul(x_int, w_int), exact, rtol=0, atol=0)
+    assert (torch.nn.functional.linear(x_int, w_int) != exact).any()  # the naive float32 GEMM is not exact here
+    # and the gradient is the plain GEMM's (w_hi is a constant of the split)
+    w = w_int.clone().requires_grad_(True)
+    int_matmul(x_int, w).sum().backward()
+    torch.testing.assert_close(w.grad, x_int.sum(0).expand_as(w))
 
 
 def test_state_dict_keys_unchanged():
@@ -177,6 +240,8 @@ def test_tiny_bert_matches_onnxruntime_int8(tiny_bert, tmp_path, cfg, optimize):
     from export_to_onnx import export
     from quantize_onnx_dynamic import check_matches_simulation, quantize
 
+    if saturates(cfg):
+        pytest.skip("this CPU's U8S8 kernel saturates without reduce_range; test_linear_matches_onnxruntime checks it")
     model, tokenizer = tiny_bert
     names = model_input_names(tokenizer, model.config)
     batches = make_batches(TEXTS, tokenizer, names, max_length=32, batch_size=8)
