@@ -326,6 +326,13 @@ def plan_quantization(model: nn.Module, cfg: QuantConfig) -> QuantConfig:
     (MatMul with a constant B, or Gemm, which dynamic mode first rewrites to MatMul) and every nn.Embedding;
     with optimize_graph, also the fused attention's packed Q/K/V and the fused embedding LayerNorm."""
     modules = dict(model.named_modules())
+    # A subclass may compute something else than its base in forward: neither simulate it as the base nor skip it
+    # (ORT would quantize it as exported).
+    odd = [f"{n} ({type(m).__name__})" for n, m in modules.items()
+           if isinstance(m, (nn.Linear, nn.Embedding, nn.LayerNorm)) and type(m) not in (nn.Linear, nn.Embedding, nn.LayerNorm)]
+    if odd:
+        raise ValueError(f"{len(odd)} module(s) subclass nn.Linear/nn.Embedding/nn.LayerNorm, which the fake "
+                         f"quantization cannot reproduce: {', '.join(odd[:3])}")
     cfg.quantized_linears = sorted(n for n, m in modules.items() if isinstance(m, nn.Linear))
     cfg.quantized_embeddings = sorted(n for n, m in modules.items() if isinstance(m, nn.Embedding))
     cfg.packed_weights, cfg.quantized_layernorms = [], []

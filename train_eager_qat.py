@@ -40,6 +40,9 @@ def parse_args():
     p.add_argument("--optimize-graph", action=argparse.BooleanOptionalAction, default=False,
                    help="fuse the ONNX graph (Attention, EmbedLayerNormalization, ...) before quantization; training "
                         "then simulates the fused quantization (one scale for the packed Q/K/V weight)")
+    p.add_argument("--freeze-embeddings", action=argparse.BooleanOptionalAction, default=False,
+                   help="keep the word embedding table as pretrained (not trained): faster steps and less memory "
+                        "for large-vocabulary models")
     p.add_argument("--reduce-range", action=argparse.BooleanOptionalAction, default=None,
                    help="7-bit weights, which avoid the int16 saturation of AVX2/AVX-512 INT8 kernels without VNNI; "
                         "default: on when this CPU has no VNNI (pass it explicitly when the deploy CPU differs)")
@@ -106,6 +109,29 @@ def load_pretrained(model_name, labels):
     return tokenizer, model
 
 
+# RoBERTa-style embeddings number positions from pad_token_id + 1, so that many position rows are never used.
+ROBERTA_POSITIONS = {"roberta", "xlm-roberta", "xlm-roberta-xl", "camembert", "roberta-prelayernorm"}
+
+
+def max_tokens(config) -> int | None:
+    """The longest input the model's position embeddings allow (None: no limit in the config)."""
+    n = getattr(config, "max_position_embeddings", None)
+    if n is not None and config.model_type in ROBERTA_POSITIONS:
+        n -= (config.pad_token_id or 0) + 1
+    return n
+
+
+def check_supported(model, args) -> None:
+    """Refuse, before training, what the export or the simulation cannot handle."""
+    limit = max_tokens(model.config)
+    if limit is not None and args.max_length > limit:
+        raise PipelineError(f"--max-length {args.max_length} is more than {args.model} takes ({limit} tokens): "
+                            f"pass --max-length {limit} or less")
+    if args.optimize_graph and model.config.model_type != "bert":
+        raise PipelineError(f"--optimize-graph fuses BERT graphs only; {args.model} is {model.config.model_type!r}: "
+                            f"train without --optimize-graph")
+
+
 def main():
     args = parse_args()
     import torch
@@ -137,13 +163,19 @@ def main():
         if init.config.id2label != model.config.id2label:
             raise PipelineError(f"run {args.init_from!r} has labels {list(init.config.id2label.values())}, not {labels}")
         model.load_state_dict(init.state_dict())
+    check_supported(model, args)
+    if args.freeze_embeddings:
+        model.get_input_embeddings().weight.requires_grad_(False)
     input_names = model_input_names(tokenizer, model.config)
     train_ds = EncodedDataset(train, tokenizer, input_names, label2id, args.max_length)
     val_ds = EncodedDataset(val, tokenizer, input_names, label2id, args.max_length)
     collator = DataCollatorWithPadding(tokenizer)
 
     qcfg = quant_config_for_cpu(args)
-    plan_quantization(model, qcfg)
+    try:
+        plan_quantization(model, qcfg)
+    except ValueError as e:
+        raise PipelineError(f"{args.model}: {e}; train a model built from standard modules")
     if qcfg.qat:
         apply_fake_quant(model, qcfg)
         print(f"fake INT8: {len(qcfg.quantized_linears)} Linear layers (MatMulInteger in ONNX), "
@@ -179,7 +211,7 @@ def main():
             "text_column": args.text_column, "label_column": args.label_column, "max_length": args.max_length,
             "labels": labels, "input_names": input_names, "qat": qcfg.qat, "seed": args.seed,
             "epochs": args.epochs, "lr": args.lr, "batch_size": args.batch_size, "n_train": len(train.texts),
-            "init_from": args.init_from,
+            "init_from": args.init_from, "freeze_embeddings": args.freeze_embeddings,
             "val_accuracy": val_metrics["eval_accuracy"], "val_f1_macro": val_metrics["eval_f1_macro"],
         }
         (tmp / RUN_INFO_FILE).write_text(json.dumps(info, indent=2))
