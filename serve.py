@@ -158,9 +158,7 @@ class ServiceMetrics:
         self.workers.set(1)
 
     def worker_stopped(self):
-        self.workers.set(0)
-        self.queue_depth.set(0)
-        if self.multiprocess:
+        if self.multiprocess:  # a worker stopped by uvicorn (clean exit) drops its live gauges itself
             from prometheus_client import multiprocess
 
             multiprocess.mark_process_dead(os.getpid())
