@@ -4,7 +4,12 @@ Accuracy, macro and per-class precision/recall/F1, samples per second, size; wri
 results/<run>/metrics_onnx_int8_dynamic.json and confusion_matrix_onnx_int8_dynamic.png, and prints the agreement
 of its predictions with the other stages already evaluated (eval_eager_qat.py, eval_onnx_qat.py).
 
-    python eval_onnx_int8_dynamic.py [--run-name NAME] [--batch-size 32] [--threads N]
+--per-text evaluates every text as its own batch, without padding, as serve.py answers by default
+(Predictor(per_text=True)); ONNX Runtime's per-tensor activation scales make a text's result depend on its batch,
+so this is the accuracy of the per-text service. It writes metrics_onnx_int8_dynamic_per_text.json (stage
+onnx_int8_dynamic_per_text) and its confusion matrix.
+
+    python eval_onnx_int8_dynamic.py [--run-name NAME] [--batch-size 32] [--threads N] [--per-text]
 """
 
 from common import INT8_FILE, QUANT_CONFIG_FILE, base_parser, load_run, main_guard, require_file
@@ -12,14 +17,25 @@ from evaluation import evaluate_onnx
 from quant_sim import QuantConfig
 
 STAGE = "onnx_int8_dynamic"
+PER_TEXT_STAGE = "onnx_int8_dynamic_per_text"
 
 
 def main():
-    args = base_parser(__doc__).parse_args()
+    p = base_parser(__doc__)
+    p.add_argument("--per-text", action="store_true",
+                   help=f"each text its own batch, no padding (the service's default); overrides --batch-size; "
+                        f"writes metrics_{PER_TEXT_STAGE}.json")
+    args = p.parse_args()
     rdir, _ = load_run(args)
     path = require_file(rdir / INT8_FILE, "quantize_onnx_dynamic.py")
     qcfg = QuantConfig.load(require_file(rdir / QUANT_CONFIG_FILE, "train_eager_qat.py"))
-    evaluate_onnx(args, rdir, STAGE, path, extra={"quant_config": qcfg.settings()})
+    extra = {"quant_config": qcfg.settings()}
+    stage = STAGE
+    if args.per_text:
+        # A batch of one is never padded: the same batches as Predictor(per_text=True), hence as the service.
+        args.batch_size, stage = 1, PER_TEXT_STAGE
+        extra["batching"] = "each text alone (batch of 1, no padding)"
+    evaluate_onnx(args, rdir, stage, path, extra=extra)
 
 
 if __name__ == "__main__":

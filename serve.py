@@ -1,17 +1,26 @@
 """A REST service for a run's INT8 ONNX model (FastAPI, run by uvicorn).
 
-    python serve.py --run-name minilm-qat-int8-smsa [--host 127.0.0.1 --port 8000]
+    python serve.py --run-name minilm-qat-int8-smsa [--host 127.0.0.1 --port 8000 --workers 1]
 
     POST /predict   {"texts": ["...", ...]}  ->  {"predictions": [{"label", "score", "probabilities": {label: p}}]}
-    GET  /health    liveness
-    GET  /metadata  labels, model file sha256, quantization settings, the run's test metrics, the service's limits
+    GET  /health    liveness (and the answering worker's pid)
+    GET  /metadata  labels, model file sha256, quantization settings, the test metrics of the batch mode served,
+                    the service's limits
+    GET  /metrics   Prometheus metrics (prometheus_client): serve_requests_total{endpoint,status},
+                    serve_request_duration_seconds{endpoint}, serve_queue_depth, serve_texts_scored_total,
+                    serve_workers; summed over all worker processes
 
 Binds to 127.0.0.1 unless --host says otherwise. Bad input gets a 4xx with a one-line "detail" message and the
-service keeps answering: body not JSON or not {"texts": [...]} (400/422), empty list, non-string items, more than
---max-batch texts, a text over --max-chars characters (422), a body over --max-body-bytes (413); more than
---max-pending requests waiting, or a request unanswered after --request-timeout s, gets 503. Inference runs in
-a worker thread, one forward job at a time (the model already uses --threads cores), so the event loop keeps
-answering; requests that arrive together are gathered into one job (micro-batching).
+service keeps answering: body not JSON or not {"texts": [...]} (400/422), empty list, non-string items, empty or
+whitespace-only texts, more than --max-batch texts, a text over --max-chars characters (422), a body over
+--max-body-bytes (413); more than --max-pending requests waiting, or a request unanswered after --request-timeout s,
+gets 503. Inference runs in a worker thread, one forward job at a time (the model already uses --threads cores),
+so the event loop keeps answering; requests that arrive together are gathered into one job (micro-batching).
+
+--workers N runs N processes (uvicorn workers), each with its own copy of the model and --threads ONNX Runtime
+threads (default: the machine's cores divided by N), sharing the port; limits such as --max-pending hold per
+worker. Prometheus' multiprocess mode (a fresh PROMETHEUS_MULTIPROC_DIR per start, removed at exit) makes /metrics
+report the sum over all workers, whichever worker answers the scrape.
 
 --batch-mode per-text (default): each text is its own ONNX Runtime batch, without padding, so a text's result
 depends on that text only. ONNX Runtime's dynamic quantization scales activations per tensor, so in
@@ -22,11 +31,15 @@ text's label can depend on what else shares its batch; benchmarks/reports/batch_
 
 import argparse
 import asyncio
+import glob
 import hashlib
+import importlib.util
 import ipaddress
 import json
 import os
+import shutil
 import sys
+import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
@@ -36,6 +49,17 @@ from pathlib import Path
 from common import INT8_FILE, MODELS_DIR, QUANT_CONFIG_FILE, RESULTS_DIR, RUN_INFO_FILE, PipelineError, main_guard
 
 METRIC_KEYS = ("accuracy", "f1_macro", "precision_macro", "recall_macro", "n_samples", "batch_size", "data")
+# The evaluation that matches each batch mode (eval_onnx_int8_dynamic.py [--per-text]).
+METRICS_FILES = {"per-text": "metrics_onnx_int8_dynamic_per_text.json", "shared": "metrics_onnx_int8_dynamic.json"}
+EVAL_FLAGS = {"per-text": " --per-text", "shared": ""}
+CONFIG_ENV = "QAT_SERVE_CONFIG"  # the settings main() hands to the worker processes (app_factory)
+ENDPOINTS = ("/predict", "/health", "/metadata", "/metrics")  # metric labels: any other path counts as "other"
+LATENCY_BUCKETS_S = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0)
+
+
+def default_threads(workers: int) -> int:
+    """ONNX Runtime threads per worker: the machine's cores shared out among the workers."""
+    return max(1, (os.cpu_count() or 1) // max(1, workers))
 
 
 @dataclass
@@ -49,7 +73,8 @@ class Settings:
     batch_wait_ms: float = 2.0  # shared mode: how long to wait for more requests to join a job
     max_job_texts: int = 256  # texts gathered into one job
     request_timeout_s: float = 120.0  # a request not answered by then gets 503 (and is dropped if not started)
-    threads: int = os.cpu_count() or 1
+    workers: int = 1  # processes
+    threads: int = default_threads(1)  # ONNX Runtime threads per worker
 
 
 class BadRequest(Exception):
@@ -66,7 +91,26 @@ def sha256_file(path: Path) -> str:
     return h.hexdigest()
 
 
-def run_metadata(predictor, results_dir: Path | None) -> dict:
+def served_metrics(results_dir: Path | None, run: str, settings: Settings) -> dict:
+    """The test metrics measured the way the service batches (per text, or in batches), or why there are none."""
+    name = METRICS_FILES[settings.batch_mode]
+    out = {"test_metrics": None, "test_metrics_file": name,
+           "test_metrics_mode": "each text alone (batch of 1, no padding)" if settings.batch_mode == "per-text"
+           else "batches sorted by length, padded per batch"}
+    path = results_dir / name if results_dir else None
+    if path is None or not path.is_file():
+        out["test_metrics_note"] = (f"no {name} for --batch-mode {settings.batch_mode}: run `python "
+                                    f"eval_onnx_int8_dynamic.py --run-name {run}{EVAL_FLAGS[settings.batch_mode]}`")
+        return out
+    m = json.loads(path.read_text())
+    out["test_metrics"] = {k: m[k] for k in METRIC_KEYS if k in m}
+    if settings.batch_mode == "shared" and m.get("batch_size") != settings.batch_size:
+        out["test_metrics_note"] = (f"measured with batches of {m.get('batch_size')}; the service batches up to "
+                                    f"{settings.batch_size} texts of concurrent requests")
+    return out
+
+
+def run_metadata(predictor, results_dir: Path | None, settings: Settings) -> dict:
     rdir = predictor.run_dir
     quant = {}
     if (rdir / QUANT_CONFIG_FILE).is_file():
@@ -74,11 +118,6 @@ def run_metadata(predictor, results_dir: Path | None) -> dict:
         if isinstance(quant.get("quantized_linears"), list):
             quant["quantized_linears"] = len(quant["quantized_linears"])  # a count, not the names
     info = json.loads((rdir / RUN_INFO_FILE).read_text())
-    metrics = None
-    mpath = results_dir / "metrics_onnx_int8_dynamic.json" if results_dir else None
-    if mpath and mpath.is_file():
-        m = json.loads(mpath.read_text())
-        metrics = {k: m[k] for k in METRIC_KEYS if k in m}
     return {
         "run": rdir.name,
         "labels": predictor.labels,
@@ -89,17 +128,100 @@ def run_metadata(predictor, results_dir: Path | None) -> dict:
         "input_names": predictor.input_names,
         "quantization": quant,
         "training": {k: info[k] for k in ("model", "epochs", "n_train", "qat") if k in info},
-        "test_metrics": metrics,
+        **served_metrics(results_dir, rdir.name, settings),
     }
+
+
+class ServiceMetrics:
+    """The Prometheus metrics of one worker process. With PROMETHEUS_MULTIPROC_DIR set (several workers) the values
+    live in files there and /metrics sums the files of every worker (prometheus_client's multiprocess mode)."""
+
+    def __init__(self):
+        import prometheus_client as pc
+
+        self.multiprocess = bool(os.environ.get("PROMETHEUS_MULTIPROC_DIR"))
+        # Multiprocess mode exports every metric created in the process; otherwise a registry of the app's own.
+        self.registry = None if self.multiprocess else pc.CollectorRegistry()
+        r = self.registry
+        self.requests = pc.Counter("serve_requests", "HTTP requests answered, by endpoint and status code",
+                                   ["endpoint", "status"], registry=r)
+        self.latency = pc.Histogram("serve_request_duration_seconds", "Time from request to response, by endpoint",
+                                    ["endpoint"], buckets=LATENCY_BUCKETS_S, registry=r)
+        self.queue_depth = pc.Gauge("serve_queue_depth", "Requests waiting for or in inference",
+                                    multiprocess_mode="livesum", registry=r)
+        self.texts_scored = pc.Counter("serve_texts_scored", "Texts answered with a prediction", registry=r)
+        self.workers = pc.Gauge("serve_workers", "Worker processes serving", multiprocess_mode="livesum", registry=r)
+
+    def worker_started(self):
+        if self.multiprocess:
+            forget_dead_workers(os.environ["PROMETHEUS_MULTIPROC_DIR"])
+        self.workers.set(1)
+
+    def worker_stopped(self):
+        if self.multiprocess:  # a worker stopped by uvicorn (clean exit) drops its live gauges itself
+            from prometheus_client import multiprocess
+
+            multiprocess.mark_process_dead(os.getpid())
+
+    def exposition(self) -> bytes:
+        from prometheus_client import CollectorRegistry, generate_latest, multiprocess
+
+        if not self.multiprocess:
+            return generate_latest(self.registry)
+        registry = CollectorRegistry()
+        multiprocess.MultiProcessCollector(registry)
+        return generate_latest(registry)
+
+
+def forget_dead_workers(path: str) -> None:
+    """Drop the live gauges (queue depth, workers) of worker processes that died without cleaning up (uvicorn
+    restarts a dead worker; its replacement calls this), so they stop adding to the sums. Counters are kept."""
+    from prometheus_client import multiprocess
+
+    for f in glob.glob(os.path.join(path, "gauge_live*_*.db")):
+        pid = int(Path(f).stem.rsplit("_", 1)[1])
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            multiprocess.mark_process_dead(pid, path)
+        except PermissionError:  # alive, another user's
+            pass
+
+
+class RequestMetrics:
+    """ASGI middleware: counts every HTTP request by endpoint and status code and times it."""
+
+    def __init__(self, app, metrics: ServiceMetrics):
+        self.app, self.metrics = app, metrics
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        endpoint = scope["path"] if scope["path"] in ENDPOINTS else "other"
+        status = 500  # what the client gets if the app raises before answering
+
+        async def send_and_note_status(message):
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        t0 = time.perf_counter()
+        try:
+            await self.app(scope, receive, send_and_note_status)
+        finally:
+            self.metrics.requests.labels(endpoint, str(status)).inc()
+            self.metrics.latency.labels(endpoint).observe(time.perf_counter() - t0)
 
 
 class Batcher:
     """Gathers the texts of requests that wait together into one inference job, run in a single worker thread."""
 
-    def __init__(self, predictor, settings: Settings):
+    def __init__(self, predictor, settings: Settings, queue_depth=None):
         self.predictor, self.settings = predictor, settings
         self.queue: asyncio.Queue = asyncio.Queue()
         self.pending = 0
+        self.queue_depth = queue_depth  # a Prometheus gauge that follows self.pending, if given
         self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="inference")
         self.task = None
 
@@ -120,7 +242,7 @@ class Batcher:
             raise BadRequest(503, f"server busy: {self.pending} requests already waiting (--max-pending "
                                   f"{self.settings.max_pending}); retry later")
         fut = asyncio.get_running_loop().create_future()
-        self.pending += 1
+        self._count_pending(+1)
         try:
             self.queue.put_nowait((texts, fut))
             try:
@@ -129,7 +251,12 @@ class Batcher:
                 raise BadRequest(503, f"not answered within {self.settings.request_timeout_s:g} s "
                                       f"(--request-timeout): the server is overloaded; retry later")
         finally:
-            self.pending -= 1
+            self._count_pending(-1)
+
+    def _count_pending(self, delta: int):
+        self.pending += delta
+        if self.queue_depth is not None:
+            self.queue_depth.inc(delta)
 
     async def _run(self):
         loop = asyncio.get_running_loop()
@@ -177,27 +304,34 @@ def validate(payload, s: Settings) -> list[str]:
         if not isinstance(t, str):
             kind = "null" if t is None else type(t).__name__
             raise BadRequest(422, f'"texts"[{i}] is {kind}: every item must be a string')
+        if not t.strip():
+            raise BadRequest(422, f'"texts"[{i}] is empty or only whitespace: every text needs some content')
         if len(t) > s.max_chars:
             raise BadRequest(422, f'"texts"[{i}] has {len(t)} characters, more than --max-chars {s.max_chars}')
     return texts
 
 
-def create_app(predictor, settings: Settings, metadata: dict):
+def create_app(predictor, settings: Settings, metadata: dict, metrics: ServiceMetrics | None = None):
     from fastapi import FastAPI, Request
-    from fastapi.responses import JSONResponse
+    from fastapi.responses import JSONResponse, Response
+    from prometheus_client import CONTENT_TYPE_LATEST
 
     state = {}
+    metrics = metrics or ServiceMetrics()
 
     @asynccontextmanager
     async def lifespan(app):
-        batcher = Batcher(predictor, settings)
+        batcher = Batcher(predictor, settings, queue_depth=metrics.queue_depth)
         batcher.start()
         state["batcher"] = batcher
         state["started"] = time.time()
+        metrics.worker_started()
         yield
+        metrics.worker_stopped()
         await batcher.stop()
 
     app = FastAPI(title=f"{metadata['run']} classifier", lifespan=lifespan, docs_url=None, redoc_url=None)
+    app.add_middleware(RequestMetrics, metrics=metrics)
     meta = {**metadata, "service": asdict(settings)}
 
     @app.exception_handler(BadRequest)
@@ -236,19 +370,44 @@ def create_app(predictor, settings: Settings, metadata: dict):
             raise
         except Exception as e:
             return JSONResponse({"detail": f"inference failed: {type(e).__name__}: {str(e)[:200]}"}, status_code=500)
+        metrics.texts_scored.inc(len(predictions))
         return {"predictions": predictions}
 
     @app.get("/health")
     async def health():
         b = state.get("batcher")
-        return {"status": "ok", "run": metadata["run"], "pending": b.pending if b else 0,
+        return {"status": "ok", "run": metadata["run"], "pending": b.pending if b else 0, "worker_pid": os.getpid(),
                 "uptime_s": round(time.time() - state.get("started", time.time()), 1)}
 
     @app.get("/metadata")
     async def get_metadata():
         return meta
 
+    @app.get("/metrics")
+    def get_metrics():  # sync: FastAPI runs it in a thread, off the event loop (multiprocess mode reads files)
+        return Response(metrics.exposition(), media_type=CONTENT_TYPE_LATEST)
+
     return app
+
+
+def load_service(cfg: dict) -> tuple:
+    """The predictor (whose construction is the start-up check), settings and metadata that cfg describes."""
+    from predictor import Predictor
+
+    settings = Settings(**cfg["settings"])
+    # The start-up check: the model's output width equals the run's labels (PipelineError otherwise).
+    predictor = Predictor(cfg["run_dir"], threads=settings.threads, model_file=cfg["model_file"],
+                          batch_size=settings.batch_size, per_text=settings.batch_mode == "per-text")
+    return predictor, settings, run_metadata(predictor, Path(cfg["results_dir"]), settings)
+
+
+def app_factory():
+    """The app of one worker process, for `uvicorn.run("serve:app_factory", factory=True, workers=N)`: main() puts
+    its settings in the environment variable QAT_SERVE_CONFIG."""
+    if CONFIG_ENV not in os.environ:
+        raise PipelineError(f"serve:app_factory reads its settings from {CONFIG_ENV}: start the service with "
+                            f"`python serve.py --run-name RUN --workers N`")
+    return create_app(*load_service(json.loads(os.environ[CONFIG_ENV])))
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -256,7 +415,10 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--run-name", required=True, help=f"a run folder in {MODELS_DIR} (QAT_MODELS_DIR moves it)")
     p.add_argument("--host", default="127.0.0.1", help="address to bind; anything but loopback exposes the service")
-    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--port", type=int, default=8000, help="TCP port to listen on")
+    p.add_argument("--workers", type=int, default=d.workers,
+                   help="worker processes, each with its own copy of the model, sharing the port; /metrics sums "
+                        "them all")
     p.add_argument("--model-file", default=INT8_FILE, help="ONNX file in the run folder")
     p.add_argument("--batch-mode", choices=("per-text", "shared"), default=d.batch_mode,
                    help="per-text: each text alone, result depends on the text only; shared: texts of concurrent "
@@ -272,14 +434,21 @@ def build_parser() -> argparse.ArgumentParser:
                    help="requests waiting or in inference before new ones get 503")
     p.add_argument("--request-timeout", type=float, default=d.request_timeout_s,
                    help="seconds before a waiting request gets 503")
-    p.add_argument("--threads", type=int, default=d.threads, help="CPU threads for ONNX Runtime")
+    p.add_argument("--threads", type=int, default=None,
+                   help=f"ONNX Runtime threads of each worker (default: the {os.cpu_count()} cores divided by "
+                        f"--workers, at least 1)")
     p.add_argument("--log-level", default="warning", help="uvicorn log level")
     return p
 
 
 def main():
     args = build_parser().parse_args()
-    for name in ("max_batch", "max_chars", "max_body_bytes", "max_pending", "threads", "batch_size", "request_timeout"):
+    # prometheus_client picks its mode when first imported: in memory for one process, files for several (below).
+    os.environ.pop("PROMETHEUS_MULTIPROC_DIR", None)
+    if args.threads is None:
+        args.threads = default_threads(args.workers)
+    for name in ("max_batch", "max_chars", "max_body_bytes", "max_pending", "threads", "batch_size", "request_timeout",
+                 "workers"):
         if getattr(args, name) < 1:
             raise PipelineError(f"--{name.replace('_', '-')} must be at least 1")
     rdir = MODELS_DIR / args.run_name
@@ -287,10 +456,9 @@ def main():
         runs = sorted(p.name for p in MODELS_DIR.glob("*") if (p / INT8_FILE).is_file()) if MODELS_DIR.is_dir() else []
         raise PipelineError(f"no run {args.run_name!r} in {MODELS_DIR}"
                             + (f" (runs with an INT8 model: {', '.join(runs)})" if runs else ": run the pipeline first"))
-    try:
-        import uvicorn
-    except ImportError:
-        raise PipelineError("serve.py needs fastapi and uvicorn: pip install -r requirements.txt")
+    missing = [m for m in ("fastapi", "uvicorn", "prometheus_client") if importlib.util.find_spec(m) is None]
+    if missing:
+        raise PipelineError(f"serve.py needs {', '.join(missing)}: pip install -r requirements.txt")
     try:
         ip = ipaddress.ip_address(args.host)
         exposed = not ip.is_loopback
@@ -299,21 +467,41 @@ def main():
     if exposed:
         print(f"warning: binding to {args.host}: the service is reachable from other machines, without "
               f"authentication or TLS", file=sys.stderr)
-
-    from predictor import Predictor
+    if args.workers * args.threads > (os.cpu_count() or 1):
+        print(f"warning: {args.workers} workers x {args.threads} threads is more than the {os.cpu_count()} cores: "
+              f"the workers will slow each other down", file=sys.stderr)
 
     settings = Settings(batch_mode=args.batch_mode, batch_size=args.batch_size, max_batch=args.max_batch,
                         max_chars=args.max_chars, max_body_bytes=args.max_body_bytes, max_pending=args.max_pending,
                         batch_wait_ms=args.batch_wait_ms, max_job_texts=max(args.max_batch, 4 * args.batch_size),
-                        request_timeout_s=args.request_timeout, threads=args.threads)
-    # The start-up check: the model's output width equals the run's labels (PipelineError otherwise).
-    predictor = Predictor(rdir, threads=args.threads, model_file=args.model_file, batch_size=args.batch_size,
-                          per_text=args.batch_mode == "per-text")
-    app = create_app(predictor, settings, run_metadata(predictor, RESULTS_DIR / args.run_name))
-    print(f"serving {rdir.name} ({', '.join(predictor.labels)}; {args.batch_mode} batches) on "
-          f"http://{args.host}:{args.port}", flush=True)
-    uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level, timeout_keep_alive=5,
-                limit_concurrency=args.max_pending + 64)
+                        request_timeout_s=args.request_timeout, workers=args.workers, threads=args.threads)
+    cfg = {"run_dir": str(rdir), "model_file": args.model_file, "results_dir": str(RESULTS_DIR / args.run_name),
+           "settings": asdict(settings)}
+    # Loaded here with one worker; with several, the start-up check only (each worker loads its own copy).
+    predictor, settings, metadata = load_service(cfg)
+    if metadata.get("test_metrics_note"):
+        print(f"note: /metadata: {metadata['test_metrics_note']}", file=sys.stderr)
+    uv = dict(host=args.host, port=args.port, log_level=args.log_level, timeout_keep_alive=5,
+              limit_concurrency=args.max_pending + 64)
+    where = (f"serving {rdir.name} ({', '.join(predictor.labels)}; {args.batch_mode} batches; {args.workers} "
+             f"worker(s) x {args.threads} thread(s)) on http://{args.host}:{args.port}")
+    import uvicorn
+
+    if args.workers == 1:
+        app = create_app(predictor, settings, metadata)
+        print(where, flush=True)
+        uvicorn.run(app, **uv)
+        return
+    del predictor
+    metrics_dir = tempfile.mkdtemp(prefix="serve-metrics-")  # fresh: no counts of an earlier start
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = metrics_dir  # read by prometheus_client when a worker imports it
+    os.environ[CONFIG_ENV] = json.dumps(cfg)
+    print(f"{where}; metrics of all workers in {metrics_dir}", flush=True)
+    try:
+        # A worker busy loading its model may answer uvicorn's health ping late: give it a minute, not 5 s.
+        uvicorn.run("serve:app_factory", factory=True, workers=args.workers, timeout_worker_healthcheck=60, **uv)
+    finally:
+        shutil.rmtree(metrics_dir, ignore_errors=True)
 
 
 if __name__ == "__main__":

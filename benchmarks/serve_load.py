@@ -1,13 +1,17 @@
-"""Bounded load on serve.py over loopback: throughput, p50/p95/p99 latency and errors for 1, 8 and 32 clients.
+"""Bounded load on serve.py over loopback: requests/s, p50/p95/p99 latency and errors for 1, 8 and 32 clients,
+against 1 and 2 worker processes.
 
-    python benchmarks/serve_load.py --run-name minilm-qat-int8-smsa [--requests 200 --duration-limit 60]
+    python benchmarks/serve_load.py --run-name minilm-qat-int8-smsa [--requests 200 --duration-limit 60 --workers 1,2]
     python benchmarks/serve_load.py --run-name tiny --smoke --out-dir /tmp/x     # a few requests (the tests)
 
-Starts `serve.py --run-name NAME` itself on a free 127.0.0.1 port (never another host), sends at most --requests
-requests per concurrency level and stops a level after --duration-limit seconds, each client sending its next
-request when the previous one is answered. Texts come from the run's test split (or built-in sentences). Writes
-benchmarks/reports/serve_load.md and serve_load.json. The clients run on the same machine as the server and
-share its cores: the numbers are a lower bound of what the service does with the CPU to itself.
+For each --workers count, starts `serve.py --run-name NAME --workers W` itself on a free 127.0.0.1 port (never
+another host; default threads: the cores divided by W), waits until /metrics counts W workers, then sends at most
+--requests requests per concurrency level and stops a level after --duration-limit seconds, each client sending
+its next request when the previous one is answered. Texts come from the run's test split (or built-in sentences).
+Each level also records how many /predict requests the server itself counted as answered with 200 (its /metrics),
+a cross-check of the client's count. Writes benchmarks/reports/serve_load.md and serve_load.json. The clients run on
+the same machine as the server and share its cores: the numbers are a lower bound of what the service does with the
+CPU to itself.
 """
 
 import argparse
@@ -81,6 +85,29 @@ def start_server(run_name: str, port: int, log, *extra, env=None, timeout: float
     raise PipelineError(f"serve.py did not answer /health within {timeout:.0f} s")
 
 
+def scrape(url: str) -> dict:
+    """The server's /metrics as {(name, sorted labels): value}, parsed by prometheus_client."""
+    import httpx
+    from prometheus_client.parser import text_string_to_metric_families
+
+    text = httpx.get(f"{url}/metrics", timeout=30).text
+    return {(s.name, tuple(sorted(s.labels.items()))): s.value
+            for family in text_string_to_metric_families(text) for s in family.samples}
+
+
+def served_ok(url: str) -> float:
+    """/predict requests the server has answered with 200, summed over its workers."""
+    return scrape(url).get(("serve_requests_total", (("endpoint", "/predict"), ("status", "200"))), 0.0)
+
+
+def wait_for_workers(url: str, workers: int, timeout: float = 180) -> None:
+    deadline = time.monotonic() + timeout
+    while scrape(url).get(("serve_workers", ()), 0) < workers:
+        if time.monotonic() > deadline:
+            raise PipelineError(f"serve.py did not report {workers} workers in /metrics within {timeout:.0f} s")
+        time.sleep(0.5)
+
+
 def stop_server(proc):
     if proc.poll() is None:
         proc.terminate()
@@ -152,29 +179,65 @@ def write_report(report: dict, out_dir: Path, name: str = "serve_load"):
         f"# serve.py load: {report['run']}",
         "",
         f"- date: {report['date']}",
-        f"- CPU: {cpu['model']} ({report['cpu_count']} logical cores); ISA flags: {flags}",
+        f"- CPU: {cpu['model']} ({report['cpu_count']} logical cores); ISA flags: {flags}; load average (1, 5, "
+        f"15 min) when the benchmark started: {', '.join(map(str, report['load_average_at_start']))}",
         f"- server: `{report['server_command']}` (batch mode {report['batch_mode']}, model sha256 "
-        f"{report['model_sha256'][:16]}...)",
+        f"{report['model_sha256'][:16]}...); threads per worker: "
+        + ", ".join(f"{w} worker(s): {t}" for w, t in report["threads_per_worker"].items()),
         f"- load: at most {report['requests_per_level']} requests and {report['duration_limit_s']} s per level, "
         f"{report['texts_per_request']} text(s) per request, texts from {report['texts_source']}; every client sends "
         f"its next request when the previous one is answered; clients on the same machine (loopback), sharing its "
         f"cores with the server",
         "",
-        "| clients | requests ok | errors | req/s | texts/s | p50 ms | p95 ms | p99 ms | max ms | time limit hit |",
-        "|---:|---:|---:|---:|---:|---:|---:|---:|---:|:---:|",
+        "| workers | clients | requests ok | errors | req/s | texts/s | p50 ms | p95 ms | p99 ms | max ms | "
+        "time limit hit |",
+        "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|:---:|",
     ]
     for lvl in report["levels"]:
         lat = lvl["latency_ms"]
         fmt = (lambda v: f"{v:.1f}" if v is not None else "-")
-        lines.append(f"| {lvl['concurrency']} | {lvl['ok']} | {lvl['errors']} | {lvl['requests_per_second']:.1f} | "
+        lines.append(f"| {lvl['workers']} | {lvl['concurrency']} | {lvl['ok']} | {lvl['errors']} | "
+                     f"{lvl['requests_per_second']:.1f} | "
                      f"{lvl['texts_per_second']:.1f} | {fmt(lat['p50'])} | {fmt(lat['p95'])} | {fmt(lat['p99'])} | "
                      f"{fmt(lat['max'])} | {'yes' if lvl['stopped_by_time_limit'] else 'no'} |")
     total_errors = sum(lvl["errors"] for lvl in report["levels"])
-    lines += ["", f"Total errors: {total_errors}."]
+    mismatch = [lvl for lvl in report["levels"] if lvl["server_counted_ok"] != lvl["ok"]]
+    lines += ["", f"Total errors: {total_errors}. Requests answered with 200 as counted by the server's /metrics "
+              + ("equal the clients' count at every level." if not mismatch else
+                 f"differ from the clients' count at {len(mismatch)} level(s): see server_counted_ok in the JSON.")]
     if report.get("note"):
         lines += ["", report["note"]]
     (out_dir / f"{name}.md").write_text("\n".join(lines) + "\n")
     return "\n".join(lines)
+
+
+def run_server_levels(args, texts: list[str], levels: list[int], workers: int) -> tuple[dict, list[dict], bool]:
+    """One server with `workers` processes, every concurrency level against it: (metadata, levels, alive after)."""
+    import httpx
+
+    with tempfile.TemporaryFile("w+") as log:
+        extra = ["--batch-mode", args.batch_mode, "--workers", workers]
+        extra += ["--threads", args.threads] if args.threads else []
+        proc, url = start_server(args.run_name, free_port(), log, *extra)
+        try:
+            wait_for_workers(url, workers)
+            meta = httpx.get(f"{url}/metadata", timeout=10).json()
+            for i in range(5 * workers):  # warm-up (each new connection may reach another worker)
+                httpx.post(f"{url}/predict", json={"texts": [texts[i % len(texts)]]}, timeout=60)
+            results = []
+            for c in levels:
+                before = served_ok(url)
+                lvl = asyncio.run(run_level(url, texts, c, args.requests, args.duration_limit, args.texts_per_request))
+                lvl.update(workers=workers, server_counted_ok=int(served_ok(url) - before))
+                print(f"{workers} worker(s), {c:>3} clients: {lvl['ok']} ok ({lvl['server_counted_ok']} counted by the "
+                      f"server), {lvl['errors']} errors, {lvl['requests_per_second']:.1f} req/s, p50/p95/p99 "
+                      f"{lvl['latency_ms']['p50'] or 0:.1f}/{lvl['latency_ms']['p95'] or 0:.1f}/"
+                      f"{lvl['latency_ms']['p99'] or 0:.1f} ms", flush=True)
+                results.append(lvl)
+            alive = httpx.get(f"{url}/health", timeout=10).status_code == 200
+        finally:
+            stop_server(proc)
+    return meta, results, alive
 
 
 def main():
@@ -183,9 +246,11 @@ def main():
     p.add_argument("--requests", type=int, default=200, help="most requests per concurrency level")
     p.add_argument("--duration-limit", type=float, default=60.0, help="most seconds per concurrency level")
     p.add_argument("--concurrency", default="1,8,32", help="comma-separated client counts")
+    p.add_argument("--workers", default="1,2", help="comma-separated serve.py --workers counts, one server each")
     p.add_argument("--texts-per-request", type=int, default=1)
     p.add_argument("--batch-mode", choices=("per-text", "shared"), default="per-text")
-    p.add_argument("--threads", type=int, default=None, help="serve.py --threads (default: its own)")
+    p.add_argument("--threads", type=int, default=None,
+                   help="serve.py --threads, per worker (default: its own, the cores divided by the workers)")
     p.add_argument("--data-dir", default=None, help="texts from DATA_DIR/test.csv (default: the run's)")
     p.add_argument("--out-dir", default=str(ROOT / "benchmarks" / "reports"))
     p.add_argument("--report-name", default="serve_load", help="report file names, without .md/.json")
@@ -194,40 +259,33 @@ def main():
     args = p.parse_args()
     if args.smoke:
         args.requests, args.duration_limit = min(args.requests, 12), min(args.duration_limit, 20)
-    levels = [int(c) for c in args.concurrency.split(",") if c.strip()]
-    if not levels or min(levels) < 1 or args.requests < 1 or args.duration_limit <= 0 or args.texts_per_request < 1:
-        raise PipelineError("--concurrency, --requests, --duration-limit and --texts-per-request must be positive")
+    try:
+        levels = [int(c) for c in args.concurrency.split(",") if c.strip()]
+        worker_counts = [int(w) for w in args.workers.split(",") if w.strip()]
+    except ValueError:
+        raise PipelineError("--concurrency and --workers are comma-separated whole numbers, e.g. 1,8,32")
+    if (not levels or not worker_counts or min(levels + worker_counts) < 1 or args.requests < 1
+            or args.duration_limit <= 0 or args.texts_per_request < 1):
+        raise PipelineError("--concurrency, --workers, --requests, --duration-limit and --texts-per-request must be "
+                            "positive")
     if not (MODELS_DIR / args.run_name).is_dir():
         raise PipelineError(f"no run {args.run_name!r} in {MODELS_DIR}")
     texts, source = load_texts(args.run_name, args.data_dir)
     out_dir = Path(args.out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
 
-    import httpx
-
-    port = free_port()
-    with tempfile.TemporaryFile("w+") as log:
-        extra = ["--batch-mode", args.batch_mode] + (["--threads", args.threads] if args.threads else [])
-        proc, url = start_server(args.run_name, port, log, *extra)
-        try:
-            meta = httpx.get(f"{url}/metadata", timeout=10).json()
-            for i in range(5):  # warm-up
-                httpx.post(f"{url}/predict", json={"texts": [texts[i % len(texts)]]}, timeout=60)
-            results = []
-            for c in levels:
-                lvl = asyncio.run(run_level(url, texts, c, args.requests, args.duration_limit, args.texts_per_request))
-                print(f"{c:>3} clients: {lvl['ok']} ok, {lvl['errors']} errors, {lvl['requests_per_second']:.1f} req/s, "
-                      f"p50/p95/p99 {lvl['latency_ms']['p50'] or 0:.1f}/{lvl['latency_ms']['p95'] or 0:.1f}/"
-                      f"{lvl['latency_ms']['p99'] or 0:.1f} ms", flush=True)
-                results.append(lvl)
-            alive = httpx.get(f"{url}/health", timeout=10).status_code == 200
-        finally:
-            stop_server(proc)
+    load_at_start = [round(x, 2) for x in os.getloadavg()]
+    results, threads, alive = [], {}, True
+    for workers in worker_counts:
+        meta, lvls, ok = run_server_levels(args, texts, levels, workers)
+        threads[workers] = meta["service"]["threads"]
+        results += lvls
+        alive = alive and ok
     report = {
         "run": args.run_name, "date": datetime.datetime.now().isoformat(timespec="seconds"), "cpu": cpu_info(),
-        "cpu_count": os.cpu_count(), "server_command": f"python serve.py --run-name {args.run_name} --batch-mode "
-        f"{args.batch_mode}" + (f" --threads {args.threads}" if args.threads else ""),
-        "batch_mode": args.batch_mode, "server_threads": meta["service"]["threads"],
+        "cpu_count": os.cpu_count(), "load_average_at_start": load_at_start, "server_command": f"python serve.py --run-name {args.run_name} --batch-mode "
+        f"{args.batch_mode} --workers W" + (f" --threads {args.threads}" if args.threads else ""),
+        "batch_mode": args.batch_mode, "threads_per_worker": threads,
         "model_sha256": meta["model_sha256"], "requests_per_level": args.requests,
         "duration_limit_s": args.duration_limit, "texts_per_request": args.texts_per_request, "texts_source": source,
         "smoke": args.smoke, "server_alive_after": alive, "note": args.note, "levels": results,
