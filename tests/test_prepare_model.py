@@ -75,9 +75,10 @@ def test_embeddings_match_the_engine(encoder, reference):
     assert np.abs(emb - ref).max() < 5e-3  # entries are ~0.05; the engine's activation rounding moves them < 1e-3
 
 
-@pytest.mark.parametrize("bug", ["nibble order", "token type term", "positions from 2"])
+@pytest.mark.parametrize("bug", ["nibble order", "token type term", "positions from 2", "query/key swapped"])
 def test_tolerance_catches_plausible_conversion_bugs(encoder, reference, bug):
-    """MIN_COSINE is tight enough to reject the conversion mistakes one could plausibly make."""
+    """MIN_COSINE is tight enough to reject the conversion mistakes one could plausibly make (they give 0.988-0.994,
+    the nibble order 0.52, where a bound of 0.99 would let the dropped token-type term through)."""
     tokenizer, model = encoder
     state = {k: v.clone() for k, v in model.state_dict().items()}
     broken = {k: v.clone() for k, v in state.items()}
@@ -87,9 +88,12 @@ def test_tolerance_catches_plausible_conversion_bugs(encoder, reference, bug):
                 broken[k] = v.reshape(v.shape[0], -1, 2, 16).flip(2).reshape(v.shape)
     elif bug == "token type term":
         broken["embeddings.token_type_embeddings.weight"].zero_()
-    else:  # XLM-R's position ids start at padding_idx + 1 = 2
+    elif bug == "positions from 2":  # XLM-R's position ids start at padding_idx + 1 = 2
         pos = broken["embeddings.position_embeddings.weight"]
         broken["embeddings.position_embeddings.weight"] = torch.roll(pos, -2, dims=0)
+    else:  # one layer's q/k names mixed up
+        q, k = "encoder.layer.5.attention.self.query.weight", "encoder.layer.5.attention.self.key.weight"
+        broken[q], broken[k] = state[k].clone(), state[q].clone()
     try:
         model.load_state_dict(broken)
         _, emb = prepare_model.e5_embeddings(tokenizer, model, reference_texts(reference))
@@ -98,15 +102,17 @@ def test_tolerance_catches_plausible_conversion_bugs(encoder, reference, bug):
     assert prepare_model.cosines(emb, reference).min() < prepare_model.MIN_COSINE
 
 
-def test_self_check_rejects_a_different_reference(converted, reference):
+def test_self_check_rejects_a_different_reference(encoder, reference):
+    ids, emb = prepare_model.e5_embeddings(*encoder, reference_texts(reference))
+    assert prepare_model.compare_to_reference(ids, emb, reference)["token_ids_equal"]
     wrong_ids = json.loads(json.dumps(reference))
     wrong_ids["texts"][0]["ids"][5] += 1
     with pytest.raises(PipelineError, match="converted tokenizer gives"):
-        prepare_model.self_check(converted, wrong_ids)
+        prepare_model.compare_to_reference(ids, emb, wrong_ids)
     swapped = json.loads(json.dumps(reference))
     swapped["texts"][0]["embedding"] = reference["texts"][2]["embedding"]  # another text's embedding
     with pytest.raises(PipelineError, match="cosine"):
-        prepare_model.self_check(converted, swapped)
+        prepare_model.compare_to_reference(ids, emb, swapped)
 
 
 def test_provenance_recorded(converted):
@@ -181,3 +187,29 @@ def test_incomplete_folder_is_not_reused(tmp_path):
     (folder / "config.json").write_text("{}")
     with pytest.raises(PipelineError, match="delete it"):
         prepare_model.prepare(tmp_path)
+
+
+def test_trim_vocabulary_keeps_segmentation_and_vectors(converted, encoder, reference, tmp_path):
+    """Catches a row/id remapping mistake (the embeddings would change), a missing piece (the segmentation would
+    change) and a vocabulary that can no longer spell unseen words (<unk> would appear)."""
+    texts = [item["text"] for item in reference["texts"]] + ["pelayanan restoran ini sangat memuaskan"]
+    out = tmp_path / "trimmed"
+    stats = prepare_model.trim_vocabulary(converted, texts, out)
+    assert stats["pieces_full"] == 250002 and stats["pieces_kept"] < 20000
+    full_tok, full_model = encoder
+    tok, model = prepare_model.load_encoder(out)
+    assert model.config.vocab_size == stats["pieces_kept"] and tok.pad_token_id == 1
+    for text in texts:
+        ids = tok(text)["input_ids"]
+        assert tok.convert_ids_to_tokens(ids) == full_tok.convert_ids_to_tokens(full_tok(text)["input_ids"])
+        assert max(ids) < stats["pieces_kept"]
+    _, emb = prepare_model.e5_embeddings(tok, model, texts)
+    _, full_emb = prepare_model.e5_embeddings(full_tok, full_model, texts)
+    np.testing.assert_allclose(emb, full_emb, atol=1e-6)
+    unseen = "quokka xylophone zebra, 9876 Ωmega"
+    assert tok.unk_token_id not in full_tok(unseen)["input_ids"]
+    ids = tok(unseen)["input_ids"]
+    assert tok.unk_token_id not in ids and tok.decode(ids, skip_special_tokens=True) == unseen
+    with pytest.raises(PipelineError, match="already exists"):
+        prepare_model.trim_vocabulary(converted, texts, out)
+    assert [p.name for p in tmp_path.iterdir()] == ["trimmed"]  # no partial folder left beside it
