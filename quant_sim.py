@@ -26,6 +26,10 @@ With optimize_graph (onnxruntime.transformers.optimizer fusions before quantizat
 
 Weight parameters are computed in float64 and the scale is stored as float32, as ORT does; activations are
 quantized in float32 as the C++ kernel does. Gradients are straight-through; scales are not trained.
+
+Verified against onnxruntime 1.32.0 (and only that version): the tests in tests/test_quant_sim.py, and the
+whole-model agreement in README_DEPLOYMENT.md. requirements.txt bounds onnxruntime to 1.32.x; another version
+may quantize differently, which quantize_onnx_dynamic.py's fidelity gate detects (INT8 vs this simulation).
 """
 
 from __future__ import annotations
