@@ -5,10 +5,12 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import hashlib
 import importlib.util
 import json
 import os
 import platform
+import re
 import shutil
 import sys
 import tempfile
@@ -29,6 +31,10 @@ ONNX_FILE = "model_qat.onnx"
 INT8_FILE = "model_qat_int8_dynamic.onnx"
 QUANT_CONFIG_FILE = "quant_config.json"
 RUN_INFO_FILE = "run_info.json"
+LINEAGE_FILE = "lineage.json"  # which file each derived file was made from, by sha256
+# The step that writes each derived file, named in the errors about stale files.
+PRODUCERS = {ONNX_FILE: "export_to_onnx.py", INT8_FILE: "quantize_onnx_dynamic.py"}
+# Readable run-name tags of the model aliases (a path's last component would be a meaningless folder name).
 
 
 class PipelineError(Exception):
@@ -73,10 +79,12 @@ def base_parser(description: str, training: bool = False) -> argparse.ArgumentPa
 
 
 def model_tag(model: str) -> str:
+    """The model part of a default run name: the alias's tag, else the hub name's or folder's last component,
+    lowercased, with characters other than a-z 0-9 . _ - replaced (bert-base-uncased, xlm-roberta-large)."""
     if model in MODEL_ALIASES:
         return MODEL_ALIASES[model].tag
     name = Path(model.rstrip("/")).name.lower()
-    return name.split("-")[0] or name
+    return re.sub(r"[^a-z0-9._-]+", "-", name).strip("-.") or "model"
 
 
 def run_name(args) -> str:
@@ -146,8 +154,8 @@ class ModelAlias:
 
 # Short names for the models that work offline; anything else goes to from_pretrained as given.
 MODEL_ALIASES = {
-    DEFAULT_MODEL: ModelAlias("e5small", _e5_small_dir),
-    "minilm": ModelAlias("minilm", _minilm_dir),
+    DEFAULT_MODEL: ModelAlias("e5-small", _e5_small_dir),
+    "minilm": ModelAlias("minilm-l6", _minilm_dir),
 }
 
 
@@ -324,6 +332,108 @@ def write_json(path: Path, obj) -> None:
 
 def file_size_mb(path) -> float:
     return os.path.getsize(path) / 1e6
+
+
+# ---------------------------------------------------------------- lineage: which file each derived file was made from
+# lineage.json in the run folder: {derived file: {"sha256": ..., "made_from": {input file: sha256}, ...}}.
+# export_to_onnx.py records model_qat.onnx (from model_qat.pth, config.json), quantize_onnx_dynamic.py the INT8
+# model (from model_qat.onnx, quant_config.json); the metrics JSONs carry the chain of the model they measured.
+# Readers refuse a derived file whose inputs changed since (a retrain, a re-export), so nothing silently uses or
+# compares against a stale model.
+
+_SHA256_CACHE: dict = {}
+
+
+def sha256_file(path) -> str:
+    """sha256 of a file, computed once per process (keyed by path, inode, size and modification time, so a
+    rewritten file is hashed again). 1 MB chunks: ~1 s for a 500 MB model."""
+    path = Path(path).resolve()
+    st = path.stat()
+    key = (str(path), st.st_ino, st.st_size, st.st_mtime_ns)
+    if key not in _SHA256_CACHE:
+        h = hashlib.sha256()
+        with open(path, "rb") as f:
+            for chunk in iter(lambda: f.read(1 << 20), b""):
+                h.update(chunk)
+        _SHA256_CACHE[key] = h.hexdigest()
+    return _SHA256_CACHE[key]
+
+
+def file_hashes(rdir: Path, names) -> dict:
+    """{name: sha256} of files of the run folder (inputs of a step, hashed before the step uses them)."""
+    return {name: sha256_file(Path(rdir) / name) for name in names}
+
+
+def read_lineage(rdir: Path) -> dict:
+    path = Path(rdir) / LINEAGE_FILE
+    if not path.is_file():
+        return {}
+    try:
+        records = json.loads(path.read_text())
+        ok = isinstance(records, dict) and all(
+            isinstance(r, dict) and isinstance(r.get("sha256"), str) and isinstance(r.get("made_from"), dict)
+            for r in records.values())
+    except ValueError:
+        ok = False
+    if not ok:
+        raise PipelineError(f"{path} is corrupt: delete it and re-run export_to_onnx.py and quantize_onnx_dynamic.py")
+    return records
+
+
+def record_lineage(rdir: Path, artifact: str, made_from: dict, **extra) -> dict:
+    """Record in lineage.json that rdir/artifact (as it is now) was made from made_from ({file: sha256})."""
+    records = read_lineage(rdir)
+    records[artifact] = {"sha256": sha256_file(Path(rdir) / artifact), "made_from": dict(made_from), **extra}
+    write_json(Path(rdir) / LINEAGE_FILE, records)
+    return records[artifact]
+
+
+def verify_lineage(rdir: Path, artifact: str) -> dict:
+    """The chain {file: sha256} of a derived file of the run: itself and, transitively, every file it was made from,
+    each checked against the file in the run folder where it is present (a deployed copy may lack model_qat.pth or
+    the FP32 ONNX). A missing record or a changed file is a PipelineError naming the earliest step to re-run."""
+    chain: dict = {}
+    _verify(Path(rdir), artifact, read_lineage(rdir), chain)
+    return chain
+
+
+def _verify(rdir: Path, name: str, records: dict, chain: dict) -> None:
+    if name in chain:
+        return
+    step = PRODUCERS.get(name, "the step that made it")
+    rec = records.get(name)
+    if rec is None:
+        raise PipelineError(f"{rdir / name} has no record in {rdir / LINEAGE_FILE} (made before lineage was recorded, "
+                            f"or copied in), so nothing says which model it came from: re-run `python {step}` "
+                            f"and the steps after it")
+    for src, sha in rec["made_from"].items():
+        if src in records:
+            _verify(rdir, src, records, chain)  # upstream first: the error names the earliest step to re-run
+        current = sha256_file(rdir / src) if (rdir / src).is_file() else chain.get(src)
+        if current is not None and current != sha:
+            raise PipelineError(f"{rdir / name} is stale: it was made from another {src} than the run's (retrained or "
+                                f"re-made since): re-run `python {step}` and the steps after it")
+        chain[src] = sha
+    if (rdir / name).is_file() and sha256_file(rdir / name) != rec["sha256"]:
+        raise PipelineError(f"{rdir / name} is not the file {step} recorded in {LINEAGE_FILE} (replaced or modified "
+                            f"since): re-run `python {step}` and the steps after it")
+    chain[name] = rec["sha256"]
+
+
+def lineage_conflicts(a: dict, b: dict) -> list[str]:
+    """Files two chains both contain with different contents: the two were made from different models."""
+    return sorted(f for f in set(a) & set(b) if a[f] != b[f])
+
+
+def remove_downstream(rdir: Path, results: Path) -> list[Path]:
+    """Remove what an earlier training of this run was exported, quantized and evaluated into (ONNX, INT8, lineage,
+    metrics and confusion matrices): a retrain replaces model_qat.pth, and nothing may then use them."""
+    stale = [Path(rdir) / n for n in (ONNX_FILE, INT8_FILE, LINEAGE_FILE)]
+    stale += sorted(Path(results).glob("metrics_*.json")) + sorted(Path(results).glob("confusion_matrix_*.png"))
+    removed = [p for p in stale if p.is_file()]
+    for p in removed:
+        p.unlink()
+    return removed
 
 
 def load_run_labels(rdir: Path) -> list[str]:

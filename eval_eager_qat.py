@@ -7,7 +7,8 @@ run trained with --no-qat) and the confusion matrix PNG.
     python eval_eager_qat.py [--run-name NAME] [--batch-size 32] [--threads N] [--no-fake-quant | --fake-quant]
 """
 
-from common import QUANT_CONFIG_FILE, STATE_DICT_FILE, base_parser, load_run, load_run_model, main_guard, require_file
+from common import (QUANT_CONFIG_FILE, STATE_DICT_FILE, base_parser, file_hashes, load_run, load_run_model, main_guard,
+                    require_file)
 from evaluation import evaluate
 from quant_sim import QuantConfig, apply_fake_quant
 
@@ -31,6 +32,8 @@ def main():
     qcfg = QuantConfig.load(require_file(rdir / QUANT_CONFIG_FILE, "train_eager_qat.py"))
     fake_quant = qcfg.qat if args.fake_quant is None else args.fake_quant
     model = load_run_model(rdir)
+    # What this stage measures: the weights and config (+ the quantization settings it simulates).
+    lineage = file_hashes(rdir, [STATE_DICT_FILE, "config.json"] + ([QUANT_CONFIG_FILE] if fake_quant else []))
     if fake_quant:
         apply_fake_quant(model, qcfg)
     stage = "eager_qat" if fake_quant else "eager_fp32"
@@ -39,7 +42,7 @@ def main():
     def predict(batch):
         return model(**{k: torch.from_numpy(v) for k, v in batch.items()}).logits.numpy()
 
-    evaluate(args, rdir, stage, rdir / STATE_DICT_FILE, predict, args.threads,
+    evaluate(args, rdir, stage, rdir / STATE_DICT_FILE, predict, args.threads, lineage,
              extra={"fake_quant": fake_quant, "quant_config": qcfg.settings()})
 
 

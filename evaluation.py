@@ -13,39 +13,20 @@ from pathlib import Path
 
 import numpy as np
 
-from common import (PipelineError, atomic_output, check_known_labels, cpu_info, file_size_mb, load_run_labels,
+from common import (atomic_output, check_known_labels, cpu_info, file_size_mb, lineage_conflicts, load_run_labels,
                     load_split, make_batches, results_dir, write_json)
+from predictor import Predictor, ort_session  # noqa: F401  (ort_session: re-exported for benchmarks/speed.py)
 
-def ort_session(path: Path, threads: int):
-    import onnxruntime as ort
-
-    opts = ort.SessionOptions()
-    opts.intra_op_num_threads = threads
-    opts.inter_op_num_threads = 1
-    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    try:
-        return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
-    except Exception as e:
-        raise PipelineError(f"{path} could not be loaded by ONNX Runtime ({str(e).splitlines()[0][:160]}): "
-                            f"re-create it with export_to_onnx.py / quantize_onnx_dynamic.py")
-
-
-def ort_predict_fn(session, n_labels: int, path: Path):
-    """A function batch -> logits for an ONNX Runtime session, after checking it outputs one logit per label."""
-    out = session.get_outputs()[0]
-    if isinstance(out.shape[-1], int) and out.shape[-1] != n_labels:
-        raise PipelineError(f"{path} outputs {out.shape[-1]} logits but the run has {n_labels} labels: "
-                            f"re-export this run")
-    names = [i.name for i in session.get_inputs()]
-    return lambda batch: session.run([out.name], {k: batch[k] for k in names})[0]
+# The script that writes each stage's metrics, named when stale metrics are skipped.
+STAGE_SCRIPTS = {"eager_qat": "eval_eager_qat.py", "eager_fp32": "eval_eager_qat.py --no-fake-quant",
+                 "onnx_qat": "eval_onnx_qat.py", "onnx_int8_dynamic": "eval_onnx_int8_dynamic.py"}
 
 
 def evaluate_onnx(args, rdir: Path, stage: str, path: Path, extra: dict | None = None) -> dict:
-    """evaluate() for an ONNX model file of the run, through the Predictor the service uses."""
-    from predictor import Predictor
-
+    """evaluate() for an ONNX model file of the run, through the Predictor the service uses (which checks the
+    file's lineage)."""
     predictor = Predictor(rdir, threads=args.threads, model_file=path.name, batch_size=args.batch_size)
-    return evaluate(args, rdir, stage, path, predictor.forward, args.threads, extra)
+    return evaluate(args, rdir, stage, path, predictor.forward, args.threads, predictor.lineage, extra)
 
 
 def classification_metrics(y_true: np.ndarray, y_pred: np.ndarray, labels: list[str]) -> dict:
@@ -111,25 +92,38 @@ def batch1_latency_ms(predict, texts, tokenizer, input_names, max_length: int, n
     return {"p50": float(np.percentile(lat, 50)), "p95": float(np.percentile(lat, 95)), "n": len(lat)} if lat else {}
 
 
-def compare_with_other_stages(rdir_results: Path, stage: str, metrics: dict) -> dict:
-    """Row-by-row agreement of predictions (and logit error) with every other stage of the run."""
-    out = {}
+def compare_with_other_stages(rdir_results: Path, stage: str, metrics: dict) -> tuple[dict, dict]:
+    """Row-by-row agreement of predictions (and logit error) with every other stage of the run measured on the same
+    model lineage; ({stage: agreement}, {stage: why skipped}) — metrics of a model made from other weights (stale,
+    e.g. from before a retrain) or without a lineage record are skipped, not compared."""
+    out, skipped = {}, {}
     for path in sorted(rdir_results.glob("metrics_*.json")):
         other = json.loads(path.read_text())
         if other.get("stage") == stage or other.get("n_samples") != metrics["n_samples"]:
             continue
+        rerun = STAGE_SCRIPTS.get(other.get("stage"), "its evaluation")
+        if not isinstance(other.get("lineage"), dict):
+            skipped[other["stage"]] = f"no lineage record (measured by an older version): re-run {rerun}"
+            continue
+        conflicts = lineage_conflicts(metrics["lineage"], other["lineage"])
+        if conflicts:
+            skipped[other["stage"]] = (f"stale: measured on a model made from another {', '.join(conflicts)}: "
+                                       f"re-run {rerun}")
+            continue
         a, b = np.array(metrics["predictions"]), np.array(other["predictions"])
         entry = {"agreement": float((a == b).mean()), "n_disagree": int((a != b).sum()),
-                 "same_batches": other.get("batch_size") == metrics["batch_size"]}
+                 "same_batches": other.get("batch_size") == metrics["batch_size"], "lineage": other["lineage"]}
         if other.get("logits") and np.shape(other["logits"]) == np.shape(metrics["logits"]):
             d = np.abs(np.array(metrics["logits"]) - np.array(other["logits"]))
             entry.update(max_abs_logit_diff=float(d.max()), mean_abs_logit_diff=float(d.mean()))
         out[other["stage"]] = entry
-    return out
+    return out, skipped
 
 
-def evaluate(args, rdir: Path, stage: str, model_path: Path, predict, threads: int, extra: dict | None = None) -> dict:
-    """Evaluate predict (batch dict -> logits) on the test split; write metrics JSON and confusion matrix PNG."""
+def evaluate(args, rdir: Path, stage: str, model_path: Path, predict, threads: int, lineage: dict,
+             extra: dict | None = None) -> dict:
+    """Evaluate predict (batch dict -> logits) on the test split; write metrics JSON and confusion matrix PNG.
+    lineage: {file: sha256} of the model measured and what it was made from (recorded with the metrics)."""
     from transformers import AutoTokenizer
 
     labels = load_run_labels(rdir)
@@ -157,10 +151,10 @@ def evaluate(args, rdir: Path, stage: str, model_path: Path, predict, threads: i
         "batching": "sorted by length, padded per batch",
         "model_size_mb": file_size_mb(model_path), "n_samples": len(test.texts), "labels": labels,
         "data": str(Path(args.data_dir) / "test.csv"), "cpu": cpu_info(), **(extra or {}),
-        "predictions": [labels[i] for i in y_pred], "logits": np.round(logits, 6).tolist(),
+        "lineage": lineage, "predictions": [labels[i] for i in y_pred], "logits": np.round(logits, 6).tolist(),
     })
     out_dir = results_dir(args)
-    metrics["agreement"] = compare_with_other_stages(out_dir, stage, metrics)
+    metrics["agreement"], metrics["agreement_skipped"] = compare_with_other_stages(out_dir, stage, metrics)
     write_json(out_dir / f"metrics_{stage}.json", metrics)
     plot_confusion_matrix(metrics["confusion_matrix"], labels,
                           f"{rdir.name} / {stage}\naccuracy {metrics['accuracy']:.4f}, macro-F1 {metrics['f1_macro']:.4f}",
@@ -184,4 +178,6 @@ def print_report(m: dict, out_dir: Path, stage: str) -> None:
         logit = f", max |logit diff| {a['max_abs_logit_diff']:.2e}" if "max_abs_logit_diff" in a else ""
         batches = "" if a["same_batches"] else " (different batch size: not a like-for-like comparison)"
         print(f"  agreement with {other}: {a['agreement'] * 100:.2f}% ({a['n_disagree']} rows differ){logit}{batches}")
+    for other, why in m["agreement_skipped"].items():
+        print(f"  not compared with {other}: {why}")
     print(f"  wrote {out_dir}/metrics_{stage}.json and confusion_matrix_{stage}.png")

@@ -3,7 +3,8 @@
 Reads models/<run>/model_qat.pth (torch.load(weights_only=True)) and config.json; writes models/<run>/model_qat.onnx
 with inputs input_ids, attention_mask (+ token_type_ids where the model uses them), output logits, dynamic batch
 and sequence axes. Then runs a real validation batch through ONNX Runtime and PyTorch and fails above 1e-4 max
-absolute logit difference.
+absolute logit difference. Records in models/<run>/lineage.json the sha256 of the ONNX file and of the
+model_qat.pth and config.json it was made from.
 
     python export_to_onnx.py [--run-name NAME]
 """
@@ -12,17 +13,20 @@ import numpy as np
 
 from common import (
     ONNX_FILE,
+    STATE_DICT_FILE,
     PipelineError,
     atomic_output,
     base_parser,
+    file_hashes,
     file_size_mb,
     load_run,
     load_run_model,
     load_split,
     main_guard,
     make_batches,
+    record_lineage,
 )
-from evaluation import ort_session
+from predictor import ort_session
 
 OPSET = 17
 MAX_ABS_DIFF = 1e-4
@@ -65,6 +69,7 @@ def main():
     torch.set_num_threads(args.threads)
     rdir, info = load_run(args)
     model = load_run_model(rdir)
+    made_from = file_hashes(rdir, [STATE_DICT_FILE, "config.json"])
     tokenizer = AutoTokenizer.from_pretrained(rdir)
     val = load_split(args.data_dir, "val", args.text_column, args.label_column)
     # Real validation batches: the largest (padding and truncation exercised), and the smallest, which has
@@ -84,6 +89,7 @@ def main():
             if not diff <= MAX_ABS_DIFF:
                 raise PipelineError(f"exported logits differ from PyTorch by {diff:.2e} > {MAX_ABS_DIFF} on a "
                                     f"{shape} batch: export not written")
+    record_lineage(rdir, ONNX_FILE, made_from)
     print(f"wrote {out} ({file_size_mb(out):.1f} MB, opset {args.opset}, inputs {info['input_names']})")
     print(f"next: python quantize_onnx_dynamic.py --run-name {rdir.name}")
 

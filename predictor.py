@@ -1,7 +1,7 @@
 """The INT8 model of a run as a Python predictor: texts in, labels and per-label probabilities out.
 
     from predictor import Predictor
-    p = Predictor("models/minilm-qat-int8-smsa")          # batches of 32, sorted by length (as the eval scripts)
+    p = Predictor("models/indobert-base-p1-qat-int8-smsa")  # batches of 32, sorted by length (as the eval scripts)
     p.predict(["makanan nya enak sekali"])
     # [{'label': 'positive', 'score': 0.91, 'probabilities': {'negative': 0.04, 'neutral': 0.05, 'positive': 0.91}}]
 
@@ -10,6 +10,9 @@ scripts use). ONNX Runtime's dynamic quantization computes one activation scale 
 depend on the other rows and the padding of its batch. `Predictor(..., batch_size=1)` (or `per_text=True`) runs
 every text as its own batch, without padding: each text's result then depends on that text only (deterministic
 per text), at some cost in throughput. benchmarks/batch_dependence.py measures how often the label changes.
+
+The model file must be the one the run's lineage.json records as made from the run's current model_qat.pth and
+config.json (common.verify_lineage): a model left over from an earlier training of the run is refused.
 """
 
 from __future__ import annotations
@@ -21,8 +24,33 @@ from pathlib import Path
 
 import numpy as np
 
-from common import INT8_FILE, RUN_INFO_FILE, PipelineError, load_run_labels, make_batches, require_file
-from evaluation import ort_predict_fn, ort_session
+from common import (INT8_FILE, PRODUCERS, RUN_INFO_FILE, PipelineError, load_run_labels, make_batches, require_file,
+                    verify_lineage)
+
+
+def ort_session(path: Path, threads: int):
+    """An ONNX Runtime CPU session; a file it cannot load is a one-line error."""
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = threads
+    opts.inter_op_num_threads = 1
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    try:
+        return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+    except Exception as e:
+        raise PipelineError(f"{path} could not be loaded by ONNX Runtime ({str(e).splitlines()[0][:160]}): "
+                            f"re-create it with export_to_onnx.py / quantize_onnx_dynamic.py")
+
+
+def ort_predict_fn(session, n_labels: int, path: Path):
+    """A function batch -> logits for an ONNX Runtime session, after checking it outputs one logit per label."""
+    out = session.get_outputs()[0]
+    if isinstance(out.shape[-1], int) and out.shape[-1] != n_labels:
+        raise PipelineError(f"{path} outputs {out.shape[-1]} logits but the run has {n_labels} labels: "
+                            f"re-export this run")
+    names = [i.name for i in session.get_inputs()]
+    return lambda batch: session.run([out.name], {k: batch[k] for k in names})[0]
 
 
 def softmax(logits: np.ndarray) -> np.ndarray:
@@ -56,8 +84,7 @@ class Predictor:
         self.max_length = int(info["max_length"])
         self.batch_size = 1 if per_text else int(batch_size)
         self.threads = int(threads or os.cpu_count() or 1)
-        self.model_path = require_file(self.run_dir / model_file,
-                                       "quantize_onnx_dynamic.py" if model_file == INT8_FILE else "export_to_onnx.py")
+        self.model_path = require_file(self.run_dir / model_file, PRODUCERS.get(model_file, "export_to_onnx.py"))
         self.tokenizer = AutoTokenizer.from_pretrained(self.run_dir)
         # A fast tokenizer's truncation settings are mutable state: concurrent calls can fail ("Already borrowed").
         self._tokenizer_lock = threading.Lock()
@@ -69,6 +96,9 @@ class Predictor:
         if width != len(self.labels):
             raise PipelineError(f"{self.model_path} outputs {width} logits but the run has {len(self.labels)} labels "
                                 f"({', '.join(self.labels)}): re-export this run")
+        # The model must be made from this run's current weights and config (not left over from an earlier
+        # training); lineage[model_file] is its sha256.
+        self.lineage = verify_lineage(self.run_dir, model_file)
 
     @property
     def per_text(self) -> bool:

@@ -28,6 +28,10 @@ Weight ranges are float32 min/max (exact), the scale arithmetic float64 and the 
 does; activations are quantized in float32 as the C++ kernel does; the integer GEMM is exact (int_matmul).
 Gradients are straight-through; scales are not trained. Cost: quantized weights are cached while they do not
 change, and embedding tables are quantized only in the rows a batch gathers.
+
+Verified against onnxruntime 1.32.0 (and only that version): the tests in tests/test_quant_sim.py, and the
+whole-model agreement in README_DEPLOYMENT.md. requirements.txt bounds onnxruntime to 1.32.x; another version
+may quantize differently, which quantize_onnx_dynamic.py's fidelity gate detects (INT8 vs this simulation).
 """
 
 from __future__ import annotations

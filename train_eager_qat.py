@@ -20,7 +20,7 @@ import numpy as np
 
 from common import (QUANT_CONFIG_FILE, cpu_info, has_vnni, RUN_INFO_FILE, STATE_DICT_FILE, PipelineError, atomic_files, base_parser,
                     check_known_labels, ensure_default_data, load_split, main_guard, model_input_names,
-                    resolve_model, run_dir, sorted_labels)
+                    remove_downstream, resolve_model, results_dir, run_dir, sorted_labels)
 from quant_sim import WEIGHT_TYPES, QuantConfig
 
 
@@ -215,6 +215,10 @@ def main():
             "val_accuracy": val_metrics["eval_accuracy"], "val_f1_macro": val_metrics["eval_f1_macro"],
         }
         (tmp / RUN_INFO_FILE).write_text(json.dumps(info, indent=2))
+        stale = remove_downstream(rdir, results_dir(args))  # made from the weights this training replaces
+    if stale:
+        print(f"retrained run {rdir.name}: removed what its earlier training was exported, quantized and evaluated "
+              f"into: {', '.join(str(p) for p in stale)}")
     print(f"wrote {rdir}/{{{STATE_DICT_FILE}, config.json, tokenizer, {QUANT_CONFIG_FILE}, {RUN_INFO_FILE}}}")
     print(f"next: python export_to_onnx.py --run-name {rdir.name}")
 

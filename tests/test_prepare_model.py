@@ -139,7 +139,7 @@ def test_default_and_minilm_short_names(converted, cache, monkeypatch, capsys):
     monkeypatch.setenv("QAT_CACHE_DIR", str(cache))
     assert common.resolve_model("default") == str(converted)
     assert "preparing" not in capsys.readouterr().out  # already there: no conversion announced
-    assert (common.model_tag("default"), common.model_tag("minilm")) == ("e5small", "minilm")
+    assert (common.model_tag("default"), common.model_tag("minilm")) == ("e5-small", "minilm-l6")
     minilm = common.resolve_model("minilm")
     assert json.loads((common.Path(minilm) / "config.json").read_text())["hidden_size"] == 384
     assert common.resolve_model("indobenchmark/indobert-base-p1") == "indobenchmark/indobert-base-p1"
