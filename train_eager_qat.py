@@ -20,7 +20,8 @@ import numpy as np
 
 from common import (QUANT_CONFIG_FILE, cpu_info, has_vnni, RUN_INFO_FILE, STATE_DICT_FILE, PipelineError, atomic_files, base_parser,
                     check_known_labels, ensure_default_data, load_split, main_guard, model_input_names,
-                    remove_downstream, resolve_model, results_dir, run_dir, sorted_labels)
+                    remove_downstream, results_dir, run_dir, sorted_labels)
+from prepare_model import resolve_model
 from quant_sim import WEIGHT_TYPES, QuantConfig
 
 

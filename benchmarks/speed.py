@@ -37,7 +37,8 @@ os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 
 import numpy as np  # noqa: E402
 
-from common import make_batches, model_input_names, resolve_model  # noqa: E402
+from common import make_batches, model_input_names  # noqa: E402
+from prepare_model import resolve_model  # noqa: E402
 from evaluation import cpu_info  # noqa: E402
 
 SMSA_TEST = ROOT.parent / "shared" / "data" / "smsa" / "test.csv"

@@ -137,18 +137,18 @@ def test_second_call_reuses_the_folder(converted, cache, monkeypatch):
 
 def test_default_and_minilm_short_names(converted, cache, monkeypatch, capsys):
     monkeypatch.setenv("QAT_CACHE_DIR", str(cache))
-    assert common.resolve_model("default") == str(converted)
+    assert prepare_model.resolve_model("default") == str(converted)
     assert "preparing" not in capsys.readouterr().out  # already there: no conversion announced
     assert (common.model_tag("default"), common.model_tag("minilm")) == ("e5-small", "minilm-l6")
-    minilm = common.resolve_model("minilm")
+    minilm = prepare_model.resolve_model("minilm")
     assert json.loads((common.Path(minilm) / "config.json").read_text())["hidden_size"] == 384
-    assert common.resolve_model("indobenchmark/indobert-base-p1") == "indobenchmark/indobert-base-p1"
+    assert prepare_model.resolve_model("indobenchmark/indobert-base-p1") == "indobenchmark/indobert-base-p1"
 
 
 def test_first_use_is_announced(tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("QAT_CACHE_DIR", str(tmp_path))
     monkeypatch.setattr(prepare_model, "prepare", lambda: tmp_path / "converted")
-    assert common.resolve_model("default") == str(tmp_path / "converted")
+    assert prepare_model.resolve_model("default") == str(tmp_path / "converted")
     assert "preparing the default model (python prepare_model.py)" in capsys.readouterr().out
 
 
