@@ -7,7 +7,6 @@ import sys
 import threading
 
 import pandas as pd
-import pytest
 from helpers import ROOT, tiny_workspace
 
 PREPARING = "preparing the default data set"
