@@ -1,9 +1,11 @@
 """CPU inference speed and memory: PyTorch FP32 vs ONNX Runtime FP32 vs ONNX Runtime INT8 (issue 5 part 2, issue 3).
 
-Models: the default MiniLM BERT (3-label head) and a BERT-base-shaped model built from IndoBERT-base's configuration
-(vocabulary 50,000, 12 layers, hidden 768, 12 heads, intermediate 3072, random weights). Both are exported with
-export_to_onnx.export and quantized with quantize_onnx_dynamic.quantize (after quant_sim.plan_quantization), so an
-improved pipeline is measured automatically.
+Models (--models): the pipeline's default model (common.resolve_model('default'), pretrained weights, new 3-label
+head) and a BERT-base-shaped model built from IndoBERT-base's configuration (vocabulary 50,000, 12 layers, hidden 768,
+12 heads, intermediate 3072, random weights); or any model folder / hub name, read with its own tokenizer (BERT or
+XLM-R style). All are exported with export_to_onnx.export and quantized with quantize_onnx_dynamic.quantize (after
+quant_sim.plan_quantization), so an improved pipeline is measured automatically. The report and chart are written by
+speed_report.py.
 
 Measured: fixed shapes (batch 1 and 32 x sequence 64 and 128, random ids), and the real SmSA test texts end to end
 (tokenization included) with the evaluation's batching (sorted by length, padded per batch) and, for PyTorch, the
@@ -11,7 +13,8 @@ naive way (file order, padding to 128); 1 and 2 threads; median of repeated runs
 model sizes on disk; peak resident memory of a fresh process that loads each model and predicts a 32x128 batch.
 
     python benchmarks/speed.py                      # full run -> benchmarks/reports/speed.{md,png,json}
-    python benchmarks/speed.py --smoke --out-dir /tmp/s --json /tmp/s/out.json   # tiny model, < 60 s
+    python benchmarks/speed.py --models default,path/to/model   # the default model beside another one
+    python benchmarks/speed.py --smoke --out-dir /tmp/s --json /tmp/s/out.json   # tiny model, about a minute
 """
 
 from __future__ import annotations
@@ -91,7 +94,8 @@ def build_model(name: str, spec: dict, tokenizer, cache: Path) -> dict:
     info_path = folder / "info.json"
     torch.manual_seed(0)  # the same random head / weights as a cached export of this model
     if spec["kind"] == "pretrained":
-        model = AutoModelForSequenceClassification.from_pretrained(spec["path"], num_labels=3, attn_implementation="eager")
+        model = AutoModelForSequenceClassification.from_pretrained(spec["path"], num_labels=3, attn_implementation="eager",
+                                                                   ignore_mismatched_sizes=True)  # any head: a new 3-label one
     else:
         model = BertForSequenceClassification(BertConfig(**spec["config"], num_labels=3, attn_implementation="eager"))
     model.eval()
