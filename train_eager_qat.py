@@ -19,8 +19,9 @@ from pathlib import Path
 import numpy as np
 
 from common import (QUANT_CONFIG_FILE, cpu_info, has_vnni, RUN_INFO_FILE, STATE_DICT_FILE, PipelineError, atomic_files, base_parser,
-                    check_known_labels, ensure_default_data, load_split, main_guard, model_input_names,
+                    check_known_labels, load_split, main_guard, model_input_names,
                     remove_downstream, results_dir, run_dir, sorted_labels)
+from prepare_data import ensure_default_data
 from prepare_model import resolve_model
 from quant_sim import WEIGHT_TYPES, QuantConfig
 
@@ -133,10 +134,27 @@ def check_supported(model, args) -> None:
                             f"train without --optimize-graph")
 
 
+def training_arguments(args, output_dir):
+    """The Trainer's settings. The warm-up is a ratio of the training steps: transformers >= 5 (requirements.txt)
+    reads a float warmup_steps below 1 as that ratio (its warmup_ratio is gone); 1 or more would mean steps."""
+    import torch
+    from transformers import TrainingArguments
+
+    if not 0 <= args.warmup_ratio < 1:
+        raise PipelineError(f"--warmup-ratio {args.warmup_ratio} is not a fraction of the training steps: use 0 <= r < 1")
+    return TrainingArguments(
+        output_dir=str(output_dir), num_train_epochs=args.epochs, learning_rate=args.lr,
+        per_device_train_batch_size=args.batch_size, per_device_eval_batch_size=args.batch_size,
+        weight_decay=args.weight_decay, warmup_steps=args.warmup_ratio, eval_strategy="epoch", save_strategy="epoch",
+        load_best_model_at_end=True, metric_for_best_model="f1_macro", greater_is_better=True,
+        save_total_limit=1, save_only_model=True, logging_steps=10, report_to="none", seed=args.seed,
+        data_seed=args.seed, dataloader_num_workers=0, use_cpu=not torch.cuda.is_available())
+
+
 def main():
     args = parse_args()
     import torch
-    from transformers import DataCollatorWithPadding, Trainer, TrainingArguments, set_seed
+    from transformers import DataCollatorWithPadding, Trainer, set_seed
 
     from common import load_run_model
     from quant_sim import apply_fake_quant, plan_quantization, remove_fake_quant
@@ -183,13 +201,7 @@ def main():
               f"{len(qcfg.quantized_embeddings)} embedding tables (Gather); FP32: attention scores, LayerNorm, GELU")
 
     ckpt_dir = rdir / ".checkpoints"
-    training_args = TrainingArguments(
-        output_dir=str(ckpt_dir), num_train_epochs=args.epochs, learning_rate=args.lr,
-        per_device_train_batch_size=args.batch_size, per_device_eval_batch_size=args.batch_size,
-        weight_decay=args.weight_decay, warmup_steps=args.warmup_ratio, eval_strategy="epoch", save_strategy="epoch",
-        load_best_model_at_end=True, metric_for_best_model="f1_macro", greater_is_better=True,
-        save_total_limit=1, save_only_model=True, logging_steps=10, report_to="none", seed=args.seed,
-        data_seed=args.seed, dataloader_num_workers=0, use_cpu=not torch.cuda.is_available())
+    training_args = training_arguments(args, ckpt_dir)
     trainer = Trainer(model=model, args=training_args, train_dataset=train_ds, eval_dataset=val_ds,
                       data_collator=collator, compute_metrics=compute_metrics)
     try:
@@ -213,6 +225,9 @@ def main():
             "labels": labels, "input_names": input_names, "qat": qcfg.qat, "seed": args.seed,
             "epochs": args.epochs, "lr": args.lr, "batch_size": args.batch_size, "n_train": len(train.texts),
             "init_from": args.init_from, "freeze_embeddings": args.freeze_embeddings,
+
+
+            "init_from": args.init_from, "world_size": training_args.world_size,
             "val_accuracy": val_metrics["eval_accuracy"], "val_f1_macro": val_metrics["eval_f1_macro"],
         }
         (tmp / RUN_INFO_FILE).write_text(json.dumps(info, indent=2))

