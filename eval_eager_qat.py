@@ -9,7 +9,7 @@ run trained with --no-qat) and the confusion matrix PNG.
 
 from common import (QUANT_CONFIG_FILE, STATE_DICT_FILE, base_parser, file_hashes, load_run, load_run_model, main_guard,
                     require_file)
-from evaluation import evaluate
+from evaluation import add_per_text_option, evaluate, per_text_stage
 from quant_sim import QuantConfig, apply_fake_quant
 
 
@@ -20,6 +20,7 @@ def parse_args():
                    help="simulate INT8 (default for QAT runs)")
     g.add_argument("--no-fake-quant", dest="fake_quant", action="store_false",
                    help="plain FP32 PyTorch (default for --no-qat runs)")
+    add_per_text_option(p)
     return p.parse_args()
 
 
@@ -36,14 +37,14 @@ def main():
     lineage = file_hashes(rdir, [STATE_DICT_FILE, "config.json"] + ([QUANT_CONFIG_FILE] if fake_quant else []))
     if fake_quant:
         apply_fake_quant(model, qcfg)
-    stage = "eager_qat" if fake_quant else "eager_fp32"
+    extra = {"fake_quant": fake_quant, "quant_config": qcfg.settings()}
+    stage = per_text_stage(args, "eager_qat" if fake_quant else "eager_fp32", extra)
 
     @torch.inference_mode()
     def predict(batch):
         return model(**{k: torch.from_numpy(v) for k, v in batch.items()}).logits.numpy()
 
-    evaluate(args, rdir, stage, rdir / STATE_DICT_FILE, predict, args.threads, lineage,
-             extra={"fake_quant": fake_quant, "quant_config": qcfg.settings()})
+    evaluate(args, rdir, stage, rdir / STATE_DICT_FILE, predict, args.threads, lineage, extra=extra)
 
 
 if __name__ == "__main__":

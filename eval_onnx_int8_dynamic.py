@@ -13,29 +13,21 @@ onnx_int8_dynamic_per_text) and its confusion matrix.
 """
 
 from common import INT8_FILE, QUANT_CONFIG_FILE, base_parser, load_run, main_guard, require_file
-from evaluation import evaluate_onnx
+from evaluation import add_per_text_option, evaluate_onnx, per_text_stage
 from quant_sim import QuantConfig
 
 STAGE = "onnx_int8_dynamic"
-PER_TEXT_STAGE = "onnx_int8_dynamic_per_text"
 
 
 def main():
     p = base_parser(__doc__)
-    p.add_argument("--per-text", action="store_true",
-                   help=f"each text its own batch, no padding (the service's default); overrides --batch-size; "
-                        f"writes metrics_{PER_TEXT_STAGE}.json")
+    add_per_text_option(p)
     args = p.parse_args()
     rdir, _ = load_run(args)
     path = require_file(rdir / INT8_FILE, "quantize_onnx_dynamic.py")
     qcfg = QuantConfig.load(require_file(rdir / QUANT_CONFIG_FILE, "train_eager_qat.py"))
     extra = {"quant_config": qcfg.settings()}
-    stage = STAGE
-    if args.per_text:
-        # A batch of one is never padded: the same batches as Predictor(per_text=True), hence as the service.
-        args.batch_size, stage = 1, PER_TEXT_STAGE
-        extra["batching"] = "each text alone (batch of 1, no padding)"
-    evaluate_onnx(args, rdir, stage, path, extra=extra)
+    evaluate_onnx(args, rdir, per_text_stage(args, STAGE, extra), path, extra=extra)
 
 
 if __name__ == "__main__":

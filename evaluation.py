@@ -29,6 +29,22 @@ def evaluate_onnx(args, rdir: Path, stage: str, path: Path, extra: dict | None =
     return evaluate(args, rdir, stage, path, predictor.forward, args.threads, predictor.lineage, extra)
 
 
+def add_per_text_option(parser) -> None:
+    parser.add_argument("--per-text", action="store_true",
+                        help="each text its own batch, no padding (as serve.py and predict.py score by default); "
+                             "overrides --batch-size; writes the stage <stage>_per_text")
+
+
+def per_text_stage(args, stage: str, extra: dict) -> str:
+    """With --per-text: batches of one (never padded, so a text's result depends on that text only, as served)
+    and the stage name that keeps its metrics apart from the batched ones."""
+    if not args.per_text:
+        return stage
+    args.batch_size = 1
+    extra["batching"] = "each text alone (batch of 1, no padding)"
+    return f"{stage}_per_text"
+
+
 def classification_metrics(y_true: np.ndarray, y_pred: np.ndarray, labels: list[str]) -> dict:
     from sklearn.metrics import accuracy_score, confusion_matrix, precision_recall_fscore_support
 

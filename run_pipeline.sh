@@ -12,4 +12,5 @@ python quantize_onnx_dynamic.py "$@"
 python eval_eager_qat.py "$@"
 python eval_onnx_qat.py "$@"
 python eval_onnx_int8_dynamic.py "$@"
+python eval_eager_qat.py --per-text "$@"        # per-text: the simulation of what the service computes
 python eval_onnx_int8_dynamic.py --per-text "$@"   # the metrics of the service's default (one text per batch)
