@@ -4,13 +4,15 @@ Reads models/<run>/model_qat.onnx and quant_config.json (weight type, per-channe
 models/<run>/model_qat_int8_dynamic.onnx; prints both sizes and the ratio. Checks that quantize_dynamic quantized
 exactly the MatMuls and embedding Gathers that training simulated, so what was trained is what is deployed.
 
-Fidelity gate: the INT8 model (ONNX Runtime) and the fake-quantized PyTorch model (as eval_eager_qat.py runs it)
-predict the first --gate-rows validation rows in the evaluations' batches; below --min-agreement or above
---max-logit-diff the INT8 model is not written (an ONNX Runtime whose arithmetic drifted from quant_sim.py, or a
-graph quantized otherwise than simulated). A --no-qat run has no simulation: its agreement with the FP32 model is
-printed for information. The result is recorded with the INT8 model's entry in models/<run>/lineage.json.
+Fidelity gate: on the first --gate-rows validation rows, in the evaluations' batches, the INT8 model (ONNX Runtime)
+must reproduce the fake-quantized PyTorch model (run as eval_eager_qat.py runs it): labels agree on at least
+--min-agreement of the rows, and the mean |logit difference| is at most --max-rel-logit-diff times the mean
+|simulation - FP32| difference (the effect of quantization the simulation predicts; the FP32 model is model_qat.onnx).
+Otherwise the INT8 model is not written: ONNX Runtime's arithmetic drifted from quant_sim.py, or the graph was
+quantized otherwise than simulated. A --no-qat run has no simulation: its agreement with the FP32 model is printed
+for information. The result is recorded with the INT8 model's entry in models/<run>/lineage.json.
 
-    python quantize_onnx_dynamic.py [--run-name NAME] [--gate-rows 512] [--min-agreement 0.98] [--max-logit-diff 0.25]
+    python quantize_onnx_dynamic.py [--run-name NAME] [--gate-rows 512] [--min-agreement 0.97] [--max-rel-logit-diff 0.25]
 """
 
 import json
@@ -29,12 +31,15 @@ from quant_sim import QuantConfig, apply_fake_quant
 # requirements.txt bounds onnxruntime to them).
 VERIFIED_ONNXRUNTIME = "1.32.0"
 
-# Gate defaults. Simulation vs ONNX Runtime on real 6-layer models in our runs: 98.4-100% of test rows agree (the
-# rows that flip are near-ties: FP32 rounding differences move an activation to the next uint8 step), max |logit
-# diff| 0.03-0.06. A simulation that differs from the INT8 graph in one setting (reduce_range flipped) gives
-# max |logit diff| several times larger (measured in the report of this change). See README, "Fidelity gate".
-MIN_AGREEMENT = 0.98
-MAX_LOGIT_DIFF = 0.25
+# Gate defaults, from measurements (2026-11-27, 512 SmSA validation rows): the INT8 model as quantized vs the
+# simulation, mean |logit diff| / mean |simulation - FP32|: 0.034 on a MiniLM QAT run (0.035 with --optimize-graph),
+# ~0 on the tests' tiny BERT; with one setting of quantize_dynamic differing from the simulation (reduce_range,
+# per_channel or weight type flipped) 0.5-1.7 (~1.0 on MiniLM). Absolute logit differences do not separate the two:
+# they scale with the logits (MiniLM's flipped reduce_range gave max 0.23, the run's logits spanning -0.8..0.8).
+# Labels: sim and INT8 agreed on 98.4-100% of test rows in our QAT runs (README_DEPLOYMENT.md; near-ties flipped by
+# float rounding), hence 0.97: a drift flipping more than 3% of labels also fails, whatever the logits' scale.
+MIN_AGREEMENT = 0.97
+MAX_REL_LOGIT_DIFF = 0.25
 GATE_ROWS = 512
 
 
@@ -44,8 +49,9 @@ def parse_args():
                    help="validation rows on which the INT8 model must reproduce the simulation (0: skip the gate)")
     p.add_argument("--min-agreement", type=float, default=MIN_AGREEMENT,
                    help="least fraction of those rows where INT8 and simulation predict the same label")
-    p.add_argument("--max-logit-diff", type=float, default=MAX_LOGIT_DIFF,
-                   help="largest |logit difference| allowed between INT8 and simulation on those rows")
+    p.add_argument("--max-rel-logit-diff", type=float, default=MAX_REL_LOGIT_DIFF,
+                   help="largest mean |INT8 - simulation| logit difference, as a fraction of the mean |simulation - "
+                        "FP32| difference (~0.03 when ONNX Runtime computes what was simulated, ~1 when not)")
     return p.parse_args()
 
 
@@ -135,52 +141,69 @@ def logit_agreement(int8: np.ndarray, reference: np.ndarray) -> dict:
             "p99_abs_logit_diff": float(np.percentile(d, 99))}
 
 
-def fidelity(args, rdir, info: dict, int8_path, qcfg: QuantConfig) -> dict:
-    """The INT8 model (ONNX Runtime) against the PyTorch model it should reproduce, on the first --gate-rows rows of
-    val.csv in the evaluations' batches: for a QAT run the fake-quantized model exactly as eval_eager_qat.py runs it,
-    for a --no-qat run the FP32 model (no simulation to match: for information)."""
+def fidelity(args, rdir, info: dict, int8_path, fp32_path, qcfg: QuantConfig) -> dict:
+    """The INT8 model against the FP32 model (model_qat.onnx, equal to PyTorch within 1e-4) and, for a QAT run,
+    against the fake-quantized PyTorch model exactly as eval_eager_qat.py runs it, on the first --gate-rows rows of
+    val.csv in the evaluations' batches."""
     from transformers import AutoTokenizer
 
     texts = load_split(args.data_dir, "val", args.text_column, args.label_column).texts[:args.gate_rows]
     tokenizer = AutoTokenizer.from_pretrained(rdir)
     batches = make_batches(texts, tokenizer, info["input_names"], args.max_length, args.batch_size)
-    session = ort_session(int8_path, args.threads)
-    int8, _ = run_batches(ort_predict_fn(session, len(load_run_labels(rdir)), int8_path), batches, len(texts))
-    model = load_run_model(rdir)
+    n_labels = len(load_run_labels(rdir))
+
+    def ort_logits(path):
+        return run_batches(ort_predict_fn(ort_session(path, args.threads), n_labels, path), batches, len(texts))[0]
+
+    int8, fp32 = ort_logits(int8_path), ort_logits(fp32_path)
+    out = {"rows": len(texts), "data": f"{args.data_dir}/val.csv", "batch_size": args.batch_size, "gated": qcfg.qat,
+           "vs_fp32": logit_agreement(int8, fp32)}
     if qcfg.qat:
-        apply_fake_quant(model, qcfg)
-    reference, _ = run_batches(torch_predict_fn(model, args.threads), batches, len(texts))
-    return {"reference": "eager_qat" if qcfg.qat else "eager_fp32", "gated": qcfg.qat,
-            "data": f"{args.data_dir}/val.csv", "batch_size": args.batch_size, **logit_agreement(int8, reference)}
+        model = apply_fake_quant(load_run_model(rdir), qcfg)
+        sim = run_batches(torch_predict_fn(model, args.threads), batches, len(texts))[0]
+        out["vs_simulation"] = logit_agreement(int8, sim)
+        out["simulated_quantization_effect"] = float(np.abs(sim - fp32).mean())  # mean |simulation - FP32|
+        out["rel_logit_diff"] = out["vs_simulation"]["mean_abs_logit_diff"] / max(out["simulated_quantization_effect"],
+                                                                                  1e-12)
+    return out
 
 
-def check_fidelity(f: dict, min_agreement: float, max_logit_diff: float) -> None:
+def check_fidelity(f: dict, min_agreement: float, max_rel_logit_diff: float) -> None:
     import onnxruntime
 
-    failed = []
-    if f["agreement"] < min_agreement:
-        failed.append(f"labels agree on {f['agreement']:.2%} < --min-agreement {min_agreement:.2%}")
-    if not f["max_abs_logit_diff"] <= max_logit_diff:
-        failed.append(f"max |logit diff| {f['max_abs_logit_diff']:.3g} > --max-logit-diff {max_logit_diff:g}")
+    sim, failed = f["vs_simulation"], []
+    if sim["agreement"] < min_agreement:
+        failed.append(f"labels agree on {sim['agreement']:.2%} < --min-agreement {min_agreement:.2%}")
+    if not f["rel_logit_diff"] <= max_rel_logit_diff:
+        failed.append(f"mean |logit diff| is {f['rel_logit_diff']:.2f}x the simulated quantization effect > "
+                      f"--max-rel-logit-diff {max_rel_logit_diff:g}")
     if failed:
         raise PipelineError(
             f"the INT8 model does not compute what training simulated ({'; '.join(failed)}, on {f['rows']} validation "
             f"rows): INT8 model not written. onnxruntime {onnxruntime.__version__} may quantize differently from "
             f"quant_sim.py (verified with {VERIFIED_ONNXRUNTIME}: pip install -r requirements.txt); if this drift is "
-            f"expected, relax --min-agreement/--max-logit-diff")
+            f"expected, relax --min-agreement/--max-rel-logit-diff")
+
+
+def describe(stats: dict) -> str:
+    return (f"labels agree on {stats['agreement']:.2%}, |logit diff| max {stats['max_abs_logit_diff']:.3g}, "
+            f"p99 {stats['p99_abs_logit_diff']:.3g}, mean {stats['mean_abs_logit_diff']:.3g}")
 
 
 def print_fidelity(f: dict) -> None:
-    what = ("INT8 vs the simulation (eager_qat)" if f["gated"]
-            else "INT8 vs the FP32 PyTorch model (a --no-qat run has no simulation to match: for information)")
-    print(f"{what} on {f['rows']} validation rows: labels agree on {f['agreement']:.2%}, |logit diff| max "
-          f"{f['max_abs_logit_diff']:.3g}, p99 {f['p99_abs_logit_diff']:.3g}, mean {f['mean_abs_logit_diff']:.3g}")
+    print(f"fidelity on {f['rows']} validation rows:")
+    if f["gated"]:
+        print(f"  INT8 vs the simulation (eager_qat): {describe(f['vs_simulation'])} "
+              f"({f['rel_logit_diff']:.3f}x the simulated quantization effect, mean {f['simulated_quantization_effect']:.3g})")
+        print(f"  INT8 vs FP32: {describe(f['vs_fp32'])}")
+    else:
+        print(f"  INT8 vs FP32: {describe(f['vs_fp32'])} (a --no-qat run has no simulation to match: for information)")
 
 
 def main():
     args = parse_args()
-    if args.gate_rows < 0 or not 0 <= args.min_agreement <= 1 or not args.max_logit_diff >= 0:
-        raise PipelineError("--gate-rows must be >= 0, --min-agreement within 0..1, --max-logit-diff >= 0")
+    if args.gate_rows < 0 or not 0 <= args.min_agreement <= 1 or not args.max_rel_logit_diff >= 0:
+        raise PipelineError("--gate-rows must be >= 0, --min-agreement within 0..1, --max-rel-logit-diff >= 0")
     rdir, info = load_run(args)
     fp32 = require_file(rdir / ONNX_FILE, "export_to_onnx.py")
     qcfg_path = require_file(rdir / QUANT_CONFIG_FILE, "train_eager_qat.py")
@@ -196,11 +219,11 @@ def main():
                                 f"re-run export_to_onnx.py")
         check_matches_simulation(tmp, qcfg)
         if args.gate_rows > 0:
-            gate = fidelity(args, rdir, info, tmp, qcfg)
+            gate = fidelity(args, rdir, info, tmp, fp32, qcfg)
             print_fidelity(gate)
             if gate["gated"]:
-                check_fidelity(gate, args.min_agreement, args.max_logit_diff)
-                gate.update(min_agreement=args.min_agreement, max_logit_diff=args.max_logit_diff)
+                check_fidelity(gate, args.min_agreement, args.max_rel_logit_diff)
+                gate.update(min_agreement=args.min_agreement, max_rel_logit_diff=args.max_rel_logit_diff)
         else:
             gate = {"skipped": "--gate-rows 0"}
             print("fidelity gate skipped (--gate-rows 0): nothing checked that ONNX Runtime computes what was simulated")

@@ -270,10 +270,11 @@ def test_stale_metrics_are_not_compared(retrained):
 
 def test_gate_passes_and_is_recorded(first_training):
     out = first_training["out"]["quantize_onnx_dynamic.py"]
-    assert "INT8 vs the simulation (eager_qat) on 129 validation rows: labels agree on 100.00%" in out
+    assert "fidelity on 129 validation rows" in out and "INT8 vs the simulation (eager_qat): labels agree on 100.00%" in out
     gate = json.loads((first_training["old"] / "models" / LINEAGE_FILE).read_text())[INT8_FILE]["fidelity"]
-    assert gate["gated"] and gate["rows"] == 129 and gate["agreement"] == 1.0
-    assert gate["max_abs_logit_diff"] <= 1e-5
+    assert gate["gated"] and gate["rows"] == 129 and gate["vs_simulation"]["agreement"] == 1.0
+    assert gate["vs_simulation"]["max_abs_logit_diff"] <= 1e-5 and gate["rel_logit_diff"] < 0.01
+    assert gate["simulated_quantization_effect"] > 0 and gate["vs_fp32"]["max_abs_logit_diff"] > 0
 
 
 def quantize_in_process(monkeypatch, w, run_name, *argv):
@@ -302,6 +303,7 @@ def test_gate_refuses_an_onnx_runtime_that_drifted(first_training, monkeypatch):
         q.main()
     msg = str(e.value)
     assert "does not compute what training simulated" in msg and "INT8 model not written" in msg and "\n" not in msg
+    assert "--max-rel-logit-diff 0.25" in msg  # caught by the default threshold
     assert not (clone / INT8_FILE).exists() and not list(clone.glob("*.partial"))
     assert (clone / LINEAGE_FILE).read_text() == lineage_before
 
@@ -314,9 +316,9 @@ def test_ptq_run_is_not_gated(first_training, monkeypatch, capsys):
     cfg = json.loads((clone / QUANT_CONFIG_FILE).read_text())
     cfg["qat"] = False
     (clone / QUANT_CONFIG_FILE).write_text(json.dumps(cfg))
-    q = quantize_in_process(monkeypatch, w, "ptq", "--max-logit-diff", "0", "--min-agreement", "1")
+    q = quantize_in_process(monkeypatch, w, "ptq", "--max-rel-logit-diff", "0", "--min-agreement", "1")
     q.main()
-    assert "INT8 vs the FP32 PyTorch model" in capsys.readouterr().out
+    assert "no simulation to match: for information" in capsys.readouterr().out
     gate = json.loads((clone / LINEAGE_FILE).read_text())[INT8_FILE]["fidelity"]
-    assert not gate["gated"] and gate["reference"] == "eager_fp32" and gate["max_abs_logit_diff"] > 0
+    assert not gate["gated"] and "vs_simulation" not in gate and gate["vs_fp32"]["max_abs_logit_diff"] > 0
     verify_lineage(clone, INT8_FILE)
