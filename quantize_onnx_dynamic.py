@@ -12,7 +12,7 @@ Otherwise the INT8 model is not written: ONNX Runtime's arithmetic drifted from 
 quantized otherwise than simulated. A --no-qat run has no simulation: its agreement with the FP32 model is printed
 for information. The result is recorded with the INT8 model's entry in models/<run>/lineage.json.
 
-    python quantize_onnx_dynamic.py [--run-name NAME] [--gate-rows 512] [--min-agreement 0.97] [--max-rel-logit-diff 0.25]
+    python quantize_onnx_dynamic.py [--run-name NAME] [--gate-rows 512] [--min-agreement 0.9] [--max-rel-logit-diff 0.25]
 """
 
 import json
@@ -36,9 +36,12 @@ VERIFIED_ONNXRUNTIME = "1.32.0"
 # ~0 on the tests' tiny BERT; with one setting of quantize_dynamic differing from the simulation (reduce_range,
 # per_channel or weight type flipped) 0.5-1.7 (~1.0 on MiniLM). Absolute logit differences do not separate the two:
 # they scale with the logits (MiniLM's flipped reduce_range gave max 0.23, the run's logits spanning -0.8..0.8).
-# Labels: sim and INT8 agreed on 98.4-100% of test rows in our QAT runs (README_DEPLOYMENT.md; near-ties flipped by
-# float rounding), hence 0.97: a drift flipping more than 3% of labels also fails, whatever the logits' scale.
-MIN_AGREEMENT = 0.97
+# Labels: sim and INT8 agreed on 98.4-100% of test rows in the MiniLM QAT runs, but on the 12-layer default
+# (multilingual-e5-small) 97.5-98.4% (issue 8; benchmarks/fidelity_trace.py on AMD EPYC AVX2): one flipped quantized
+# value, from 1-ulp differences of the FP32 kernels, cascades through the later layers. A label floor close to those
+# figures would fail healthy runs; the relative logit criterion is what separates drift (~1) from rounding (~0.03).
+# 0.90 still stops a drift that flips labels wholesale, whatever the logits' scale.
+MIN_AGREEMENT = 0.90
 MAX_REL_LOGIT_DIFF = 0.25
 GATE_ROWS = 512
 
