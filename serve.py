@@ -1,6 +1,6 @@
 """A REST service for a run's INT8 ONNX model (FastAPI, run by uvicorn).
 
-    python serve.py --run-name minilm-qat-int8-smsa [--host 127.0.0.1 --port 8000 --workers 1]
+    python serve.py --run-name e5-small-qat-int8-smsa [--host 127.0.0.1 --port 8000 --workers 1]
 
     POST /predict   {"texts": ["...", ...]}  ->  {"predictions": [{"label", "score", "probabilities": {label: p}}]}
     GET  /health    liveness (and the answering worker's pid)

@@ -240,9 +240,7 @@ def main():
             "labels": labels, "input_names": input_names, "qat": qcfg.qat, "seed": args.seed,
             "epochs": args.epochs, "lr": args.lr, "batch_size": args.batch_size, "n_train": len(train.texts),
             "init_from": args.init_from, "freeze_embeddings": args.freeze_embeddings,
-
-
-            "init_from": args.init_from, "world_size": training_args.world_size,
+            "world_size": training_args.world_size,
             "val_accuracy": val_metrics["eval_accuracy"], "val_f1_macro": val_metrics["eval_f1_macro"],
         }
         (tmp / RUN_INFO_FILE).write_text(json.dumps(info, indent=2))

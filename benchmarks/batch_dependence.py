@@ -9,7 +9,7 @@ runs the run's test texts
     for --seeds different shuffles,
 and counts the texts whose label differs from the reference. Writes benchmarks/reports/batch_dependence.md/.json.
 
-    python benchmarks/batch_dependence.py --run-name minilm-qat-int8-smsa
+    python benchmarks/batch_dependence.py --run-name e5-small-qat-int8-smsa
 """
 
 import argparse

@@ -1,7 +1,7 @@
 """Bounded load on serve.py over loopback: requests/s, p50/p95/p99 latency and errors for 1, 8 and 32 clients,
 against 1 and 2 worker processes.
 
-    python benchmarks/serve_load.py --run-name minilm-qat-int8-smsa [--requests 200 --duration-limit 60 --workers 1,2]
+    python benchmarks/serve_load.py --run-name e5-small-qat-int8-smsa [--requests 200 --duration-limit 60 --workers 1,2]
     python benchmarks/serve_load.py --run-name tiny --smoke --out-dir /tmp/x     # a few requests (the tests)
 
 For each --workers count, starts `serve.py --run-name NAME --workers W` itself on a free 127.0.0.1 port (never
