@@ -12,7 +12,7 @@ Otherwise the INT8 model is not written: ONNX Runtime's arithmetic drifted from 
 quantized otherwise than simulated. A --no-qat run has no simulation: its agreement with the FP32 model is printed
 for information. The result is recorded with the INT8 model's entry in models/<run>/lineage.json.
 
-    python quantize_onnx_dynamic.py [--run-name NAME] [--gate-rows 512] [--min-agreement 0.9] [--max-rel-logit-diff 0.25]
+    python quantize_onnx_dynamic.py [--run-name NAME] [--gate-rows 512] [--min-agreement 0.9] [--max-rel-logit-diff 0.6]
 """
 
 import json
@@ -42,7 +42,10 @@ VERIFIED_ONNXRUNTIME = "1.32.0"
 # figures would fail healthy runs; the relative logit criterion is what separates drift (~1) from rounding (~0.03).
 # 0.90 still stops a drift that flips labels wholesale, whatever the logits' scale.
 MIN_AGREEMENT = 0.90
-MAX_REL_LOGIT_DIFF = 0.25
+# The 12-layer default is noisier: 0.39 in batches of 32 and 0.26 one text per batch (multilingual-e5-small with a
+# random 3-label head, 128 SmSA validation rows, AMD EPYC AVX2; rounding cascades, see benchmarks/fidelity_trace.py),
+# hence 0.6: below the drifts measured on MiniLM (~1.0) and most single-setting flips (0.5-1.7), above healthy runs.
+MAX_REL_LOGIT_DIFF = 0.6
 GATE_ROWS = 512
 
 

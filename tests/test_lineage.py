@@ -303,7 +303,7 @@ def test_gate_refuses_an_onnx_runtime_that_drifted(first_training, monkeypatch):
         q.main()
     msg = str(e.value)
     assert "does not compute what training simulated" in msg and "INT8 model not written" in msg and "\n" not in msg
-    assert "--max-rel-logit-diff 0.25" in msg  # caught by the default threshold
+    assert "--max-rel-logit-diff 0.6" in msg  # caught by the default threshold
     assert not (clone / INT8_FILE).exists() and not list(clone.glob("*.partial"))
     assert (clone / LINEAGE_FILE).read_text() == lineage_before
 

