@@ -35,8 +35,8 @@ from scoring import (FORMATS, STATUSES, check_no_collision, count_statuses, form
 BATCH_DEPENDENCE = ("ONNX Runtime's dynamic quantization scales activations per batch: with batches of 32 sorted by "
                     "length, 1.4%% of SmSA test labels differ from scoring each text alone "
                     "(benchmarks/reports/batch_dependence.md)")
-# Test hook: kill this process (SIGKILL) after the output of chunk N+1 is written but before it is recorded,
-# the worst moment for a crash; tests/test_predict.py uses it to check --resume.
+# Test hook: with N chunks recorded, kill this process (SIGKILL) once the next chunk's output is written but not
+# yet recorded, the worst moment for a crash; tests/test_predict.py and the benchmark use it to check --resume.
 KILL_AFTER_ENV = "QAT_PREDICT_KILL_AFTER_CHUNKS"
 
 

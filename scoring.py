@@ -11,6 +11,9 @@ from __future__ import annotations
 
 import hashlib
 import math
+import os
+import threading
+import time
 from pathlib import Path
 
 from common import INT8_FILE, PipelineError
@@ -109,7 +112,15 @@ def model_sha256(run_dir, model_file: str = INT8_FILE) -> str:
 
 def init_worker(run_dir: str, threads: int, batch_size: int) -> None:
     global _WORKER
+    threading.Thread(target=exit_with_parent, args=(os.getppid(),), daemon=True).start()
     _WORKER = cached_predictor(run_dir, threads, batch_size)
+
+
+def exit_with_parent(parent_pid: int) -> None:
+    """A worker whose predict.py was killed (SIGKILL, out of memory) would otherwise wait for work forever."""
+    while os.getppid() == parent_pid:
+        time.sleep(1)
+    os._exit(1)
 
 
 def score_in_worker(texts, prefix: str, null_is_empty: bool) -> dict[str, list]:
