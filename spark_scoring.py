@@ -187,8 +187,9 @@ def in_input_order(df, partitions: int):
 
 def write_output(df, path: str, fmt: str) -> None:
     writer = df.write.mode("overwrite")
-    if fmt == "csv":
-        writer.options(header=True, escape='"').csv(path)
+    if fmt == "csv":  # Spark's CSV writer trims spaces unless told not to
+        writer.options(header=True, escape='"', ignoreLeadingWhiteSpace=False,
+                       ignoreTrailingWhiteSpace=False).csv(path)
     elif fmt == "jsonl":
         writer.option("ignoreNullFields", False).json(path)
     else:

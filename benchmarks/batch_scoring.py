@@ -17,6 +17,7 @@ import argparse
 import datetime
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -116,7 +117,10 @@ def run_measured(cmd, env, poll_s: float = 0.2) -> dict:
     if proc.returncode != 0:
         raise PipelineError(f"{' '.join(map(str, cmd[1:4]))} ... failed ({proc.returncode}): "
                             f"{(err or out).strip().splitlines()[-1] if (err or out).strip() else ''}")
-    return {"wall_s": wall, "peak_rss_mb": peak / 2**20, "stdout": out.strip().splitlines()[-1:] or [""]}
+    summary = (out.strip().splitlines() or [""])[-1]
+    match = re.search(r"in ([0-9.]+) s, ([0-9.]+) rows/s", summary)
+    return {"wall_s": wall, "peak_rss_mb": peak / 2**20, "summary": summary,
+            "tool_rows_per_s": float(match.group(2)) if match else None}
 
 
 def predict_cmd(run_name, src, out, *extra):
@@ -132,6 +136,7 @@ def plain_loop(run_name: str, src: str, out: str) -> None:
     from predictor import Predictor
 
     p = Predictor(MODELS_DIR / run_name, per_text=True)
+    start = time.perf_counter()
     df = pd.read_csv(src, dtype=str, keep_default_na=False)
     texts, preds = df["text"].tolist(), []
     for i in range(0, len(texts), PLAIN_LOOP_CHUNK):
@@ -141,20 +146,23 @@ def plain_loop(run_name: str, src: str, out: str) -> None:
     for label in p.labels:
         df[f"prob_{label}"] = [r["probabilities"][label] for r in preds]
     df.to_csv(out, index=False)
+    elapsed = time.perf_counter() - start
+    print(f"scored {len(df)} rows into {out} in {elapsed:.1f} s, {len(df) / elapsed:.1f} rows/s")
 
 
 def kill_and_resume(run_name, src, work: Path, env, chunk_rows: int, n_rows: int) -> dict:
     """Kill predict.py (SIGKILL) after half its chunks, resume, and compare with an uninterrupted run."""
     whole, out = work / "resume-whole.csv", work / "resume-out.csv"
+    chunk_rows = max(1, min(chunk_rows, n_rows // 4))  # at least 4 chunks
     args = ["--chunk-rows", chunk_rows]
     subprocess.run(predict_cmd(run_name, src, whole, *args), env=env, cwd=ROOT, check=True, capture_output=True)
-    k = max(1, n_rows // chunk_rows // 2)
+    k = n_rows // chunk_rows // 2
     killed = subprocess.run(predict_cmd(run_name, src, out, *args), cwd=ROOT, capture_output=True,
                             env={**env, "QAT_PREDICT_KILL_AFTER_CHUNKS": str(k)})
     existed = out.exists()
     subprocess.run(predict_cmd(run_name, src, out, *args, "--resume"), env=env, cwd=ROOT, check=True,
                    capture_output=True)
-    return {"killed_after_chunks": k, "killed_by_sigkill": killed.returncode == -signal.SIGKILL,
+    return {"chunk_rows": chunk_rows, "killed_after_chunks": k, "killed_by_sigkill": killed.returncode == -signal.SIGKILL,
             "output_existed_before_completion": existed, "identical": out.read_bytes() == whole.read_bytes()}
 
 
@@ -178,17 +186,23 @@ def write_report(out_dir: Path, meta: dict, results: list[dict], memory: list[di
              "- rows/s: rows / wall time of the whole command (process start, model load and Spark start included); "
              "peak RSS: summed over the process tree (workers, JVM, Spark's Python workers), sampled every 0.2 s",
              "", "## Throughput", "",
-             "| configuration | deterministic per text | wall s | rows/s | vs plain loop | peak RSS MB |",
-             "|---|:---:|---:|---:|---:|---:|"]
-    base = next(r for r in results if r["name"] == "plain loop")["rows_per_s"]
+             "| configuration | deterministic per text | wall s | rows/s end to end | vs plain loop | "
+             "rows/s after start-up | vs plain loop | peak RSS MB |",
+             "|---|:---:|---:|---:|---:|---:|---:|---:|"]
+    plain = next(r for r in results if r["name"] == "plain loop")
     for r in results:
         lines.append(f"| {r['name']} (`{r['cmd']}`) | {'yes' if r['per_text'] else 'no'} | {r['wall_s']:.1f} | "
-                     f"{r['rows_per_s']:.1f} | {r['rows_per_s'] / base:.2f}x | {r['peak_rss_mb']:.0f} |")
+                     f"{r['rows_per_s']:.1f} | {r['rows_per_s'] / plain['rows_per_s']:.2f}x | "
+                     f"{r['tool_rows_per_s'] or 0:.1f} | "
+                     f"{fmt_ratio(ratio(r['tool_rows_per_s'], plain['tool_rows_per_s']))} | {r['peak_rss_mb']:.0f} |")
+    lines += ["", "After start-up: the rate each tool prints, from after the main process loaded the run (plain loop, "
+              "predict.py) or started its Spark session, to the end; the start-up and model loading of predict.py's "
+              "worker processes and of Spark's Python workers are inside it."]
     lines += ["", "## Peak memory against file size", "", "| configuration | rows | peak RSS MB |", "|---|---:|---:|"]
     lines += [f"| {m['name']} | {m['rows']:,} | {m['peak_rss_mb']:.0f} |" for m in memory]
     lines += ["", "## Kill and resume", "",
               f"predict.py on {meta['small_rows']:,} rows killed with SIGKILL after {resume['killed_after_chunks']} "
-              f"chunks (the next chunk's output already written, not recorded): killed by SIGKILL "
+              f"chunks of {resume['chunk_rows']} rows (the next chunk's output already written, not recorded): killed by SIGKILL "
               f"{resume['killed_by_sigkill']}; a file under the final name before completion: "
               f"{resume['output_existed_before_completion']}; after `--resume`, byte-identical to an uninterrupted "
               f"run: {resume['identical']}.", "", "## Targets (ratios measured in this run)", "",
@@ -203,36 +217,41 @@ def fmt_ratio(x, suffix="x"):
 
 
 def evaluate_targets(results, memory, resume) -> dict:
+    """The targets as measured ratios, end to end (the main figure) and after start-up."""
     by = {r["name"]: r for r in results}
-    base = by["plain loop"]["rows_per_s"]
-    per_text = [r for r in results if r["per_text"] and r["engine"] == "predict.py"]
-    best = max(per_text, key=lambda r: r["rows_per_s"])
-    best_any = max((r for r in results if r["engine"] == "predict.py"), key=lambda r: r["rows_per_s"])
+    plain = by["plain loop"]
+    ours = [r for r in results if r["engine"] == "predict.py"]
+    best = max(ours, key=lambda r: r["rows_per_s"])
+    best_per_text = max((r for r in ours if r["per_text"]), key=lambda r: r["rows_per_s"])
+
+    def both(r, ref):
+        return ratio(r["rows_per_s"], ref["rows_per_s"]), ratio(r["tool_rows_per_s"], ref["tool_rows_per_s"])
+
+    speed, speed_after = both(best, plain)
+    speed_pt, speed_pt_after = both(best_per_text, plain)
     mem = {}
     for m in memory:
         mem.setdefault(m["name"], {})[m["rows"]] = m["peak_rss_mb"]
     growth = {name: (v[max(v)] - v[min(v)]) / v[min(v)] for name, v in mem.items() if len(v) == 2}
-    worst = max((g for n, g in growth.items() if n.startswith("predict.py")), default=None)
-    spark = by.get("Spark local")
     t = {
         "speedup": {"target": "best predict.py configuration >= 1.5x the plain loop's rows/s",
-                    "measured": f"{best['name']}: {fmt_ratio(ratio(best['rows_per_s'], base))} (deterministic per "
-                                f"text); best of all, {best_any['name']}: "
-                                f"{fmt_ratio(ratio(best_any['rows_per_s'], base))}",
-                    "met": bool(ratio(best_any["rows_per_s"], base) and ratio(best_any["rows_per_s"], base) >= 1.5),
-                    "per_text_ratio": ratio(best["rows_per_s"], base),
-                    "any_ratio": ratio(best_any["rows_per_s"], base)},
+                    "measured": f"{best['name']}: {fmt_ratio(speed)} end to end ({fmt_ratio(speed_after)} after "
+                                f"start-up); best deterministic per text, {best_per_text['name']}: "
+                                f"{fmt_ratio(speed_pt)} ({fmt_ratio(speed_pt_after)})",
+                    "met": bool(speed and speed >= 1.5), "ratio": speed, "ratio_after_startup": speed_after,
+                    "per_text_ratio": speed_pt, "per_text_ratio_after_startup": speed_pt_after},
         "memory": {"target": "predict.py peak memory grows < 10% from the small file to the large one",
                    "measured": ", ".join(f"{n}: {g * 100:+.1f}%" for n, g in growth.items()),
-                   "met": worst is not None and worst < 0.10, "growth": growth},
+                   "met": bool(growth) and max(growth.values()) < 0.10, "growth": growth},
         "resume": {"target": "kill + resume gives a byte-identical output", "measured": str(resume["identical"]),
                    "met": resume["identical"] and not resume["output_existed_before_completion"]},
     }
-    if spark:
-        r = ratio(spark["rows_per_s"], best["rows_per_s"])
-        t["spark"] = {"target": "Spark local >= 70% of predict.py's rows/s (best deterministic configuration)",
-                      "measured": f"{fmt_ratio(r and r * 100, '%')} of {best['name']}", "met": bool(r and r >= 0.7),
-                      "ratio": r}
+    if "Spark local" in by:
+        r, r_after = both(by["Spark local"], best_per_text)
+        t["spark"] = {"target": "Spark local >= 70% of predict.py's rows/s (its best deterministic configuration)",
+                      "measured": f"{fmt_ratio(r and r * 100, '%')} of {best_per_text['name']} end to end "
+                                  f"({fmt_ratio(r_after and r_after * 100, '%')} after start-up)",
+                      "met": bool(r and r >= 0.7), "ratio": r, "ratio_after_startup": r_after}
     return t
 
 
@@ -265,28 +284,29 @@ def main(argv=None):
             "small_rows": args.small_rows, "chunk_rows": args.chunk_rows, "distinct_texts": len(set(texts)),
             "max_length": json.loads((rdir / "run_info.json").read_text())["max_length"]}
     chunk = ["--chunk-rows", args.chunk_rows]
-    configs = [  # name, engine, deterministic per text, extra predict.py arguments
-        ("predict.py, 1 worker", "predict.py", True, chunk + ["--workers", 1]),
-        ("predict.py, 2 workers", "predict.py", True, chunk + ["--workers", 2]),
+    configs = [  # name, engine, deterministic per text, extra predict.py arguments, peak memory on both sizes
+        ("predict.py, 1 worker", "predict.py", True, chunk + ["--workers", 1], True),
+        ("predict.py, 2 workers", "predict.py", True, chunk + ["--workers", 2], True),
         (f"predict.py, 2 workers, --batch-size {args.batch_size}", "predict.py", False,
-         chunk + ["--workers", 2, "--batch-size", args.batch_size]),
+         chunk + ["--workers", 2, "--batch-size", args.batch_size], False),
     ]
     if not args.skip_spark:
-        configs.append(("Spark local", "spark", True, ["--engine", "spark", "--spark-master", "local[*]"]))
+        configs.append(("Spark local", "spark", True, ["--engine", "spark", "--spark-master", "local[*]"], False))
     results, memory = [], []
 
     def measure(name, engine, per_text, cmd, rows, shown):
         print(f"{name}, {rows:,} rows ...", flush=True)
         r = run_measured(cmd, env)
         r.update(name=name, engine=engine, per_text=per_text, rows=rows, rows_per_s=rows / r["wall_s"], cmd=shown)
-        print(f"  {r['wall_s']:.1f} s, {r['rows_per_s']:.1f} rows/s, peak RSS {r['peak_rss_mb']:.0f} MB", flush=True)
+        print(f"  {r['wall_s']:.1f} s, {r['rows_per_s']:.1f} rows/s end to end, {r['tool_rows_per_s']} rows/s after "
+              f"start-up, peak RSS {r['peak_rss_mb']:.0f} MB", flush=True)
         return r
 
     loop_cmd = [sys.executable, str(Path(__file__).resolve()), "--run-name", args.run_name, "--plain-loop"]
     results.append(measure("plain loop", "python", True, loop_cmd + [str(big), str(work / "plain.csv")], args.rows,
                            "Predictor(run, per_text=True).predict per 1000 texts"))
-    for name, engine, per_text, extra in configs:
-        for rows, src in ((args.small_rows, small), (args.rows, big)):
+    for name, engine, per_text, extra, both_sizes in configs:
+        for rows, src in ((args.small_rows, small), (args.rows, big))[0 if both_sizes else 1:]:
             out = work / f"out-{len(results)}-{rows}.csv"
             shown = "predict.py " + " ".join(map(str, extra))
             r = measure(name, engine, per_text, predict_cmd(args.run_name, src, out, *extra), rows, shown)
