@@ -52,6 +52,10 @@ def parse_args(argv=None):
     args = p.parse_args(argv)
     if args.smoke:
         args.rows, args.small_rows, args.chunk_rows = 600, 200, 50
+    if args.small_rows < 4 * args.chunk_rows:
+        # predict.py starts a worker process per chunk in flight, up to --workers: with fewer chunks the small
+        # file would not use both workers, and the memory comparison would measure the number of processes
+        p.error("--small-rows must be at least 4 * --chunk-rows (so that 2 workers are both used)")
     return args
 
 

@@ -38,8 +38,9 @@ def input_table(texts, n: int) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def predict(w, *args, check=True, env=None):
-    return run_step("predict.py", "--run-name", "tiny", "--no-progress", *args, env=env or w["env"], check=check)
+def predict(w, *args, check=True, env=None, timeout=900):
+    return run_step("predict.py", "--run-name", "tiny", "--no-progress", *args, env=env or w["env"], check=check,
+                    timeout=timeout)
 
 
 def expected_predictions(run, texts):

@@ -42,7 +42,8 @@ def test_predict_cli_spark_engine_matches_local_engine(tiny, reference):
     part files, in name order, are the input rows in order with the local engine's scores."""
     out = tiny["tmp"] / "spark.csv"
     proc = predict(tiny, "--engine", "spark", "--spark-master", "local[2]", "--spark-partitions", 4,
-                   "--spark-ship-run", "--input", reference["src"], "--output", out, "--prefix", "pred_")
+                   "--spark-ship-run", "--input", reference["src"], "--output", out, "--prefix", "pred_",
+                   timeout=1800)  # JVM and Python workers start slowly on a loaded machine
     assert f"scored {N_ROWS} rows" in proc.stdout and "empty_text 3" in proc.stdout, proc.stdout
     parts = sorted(glob.glob(str(out / "part-*.csv")))
     assert len(parts) == 4 and (out / "_SUCCESS").exists()
