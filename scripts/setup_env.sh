@@ -24,4 +24,13 @@ if [ "$(cat "$stamp" 2>/dev/null || true)" != "$want" ]; then
   .venv/bin/python -m pip install -q --no-deps -r requirements-nodeps.txt
   echo "$want" > "$stamp"
 fi
+# Java for pyspark (predict.py --engine spark, tests/test_spark.py): Debian's OpenJDK 17 (CI runs as root).
+if ! command -v java >/dev/null 2>&1; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+    echo "installing Java 17 for Spark (openjdk-17-jre-headless)"
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq openjdk-17-jre-headless >/dev/null
+  else
+    echo "warning: no java: install Java 17 (e.g. openjdk-17-jre-headless) for the Spark engine and its tests" >&2
+  fi
+fi
 export PATH="$PWD/.venv/bin:$PATH"
