@@ -407,7 +407,7 @@ def parse_args(argv=None):
 
 
 def model_specs(models: str) -> dict:
-    """name -> how to build the model and which tokenizer reads the texts. 'default' (common.resolve_model) or any
+    """name -> how to build the model and which tokenizer reads the texts. 'default' (prepare_model.resolve_model) or any
     model folder / hub name: its pretrained weights and its own tokenizer (BERT or XLM-R style: token_type_ids only
     where the model has them); 'bert-base-shaped' and 'tiny': random weights of that shape, read with the default
     model's tokenizer (ids clipped to the vocabulary where they would exceed it)."""

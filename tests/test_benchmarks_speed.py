@@ -54,7 +54,7 @@ def xlmr(tmp_path_factory):
 
 
 def test_models_option_resolves_default_and_folders(xlmr):
-    from common import resolve_model
+    from prepare_model import resolve_model
     from speed import model_specs
 
     specs = model_specs(f"default,bert-base-shaped,{xlmr}")
