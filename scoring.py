@@ -9,14 +9,13 @@ The output columns added to every row (after an optional prefix):
 
 from __future__ import annotations
 
-import hashlib
 import math
 import os
 import threading
 import time
 from pathlib import Path
 
-from common import INT8_FILE, PipelineError
+from common import INT8_FILE, PipelineError, sha256_file
 
 OK, EMPTY, MISSING, NOT_TEXT = "ok", "empty_text", "missing_text", "not_text"
 STATUSES = (OK, EMPTY, MISSING, NOT_TEXT)
@@ -94,13 +93,6 @@ def count_statuses(status_column) -> dict[str, int]:
         counts[s] += 1
     return counts
 
-
-def sha256_file(path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def model_sha256(run_dir, model_file: str = INT8_FILE) -> str:

@@ -32,7 +32,6 @@ text's label can depend on what else shares its batch; benchmarks/reports/batch_
 import argparse
 import asyncio
 import glob
-import hashlib
 import importlib.util
 import ipaddress
 import json
@@ -46,7 +45,8 @@ from contextlib import asynccontextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from common import INT8_FILE, MODELS_DIR, QUANT_CONFIG_FILE, RESULTS_DIR, RUN_INFO_FILE, PipelineError, main_guard
+from common import (INT8_FILE, MODELS_DIR, QUANT_CONFIG_FILE, RESULTS_DIR, RUN_INFO_FILE, PipelineError, main_guard,
+                    sha256_file)
 
 METRIC_KEYS = ("accuracy", "f1_macro", "precision_macro", "recall_macro", "n_samples", "batch_size", "data")
 # The evaluation that matches each batch mode (eval_onnx_int8_dynamic.py [--per-text]).
@@ -82,13 +82,6 @@ class BadRequest(Exception):
         super().__init__(detail)
         self.status, self.detail = status, detail
 
-
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def served_metrics(results_dir: Path | None, run: str, settings: Settings) -> dict:
