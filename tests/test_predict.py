@@ -2,7 +2,6 @@
 Predictor(per_text=True), rows without text, worker processes, kill and resume, one-line errors."""
 
 import json
-import os
 import signal
 import subprocess
 import sys
