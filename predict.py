@@ -28,6 +28,7 @@ import time
 from collections import deque
 from pathlib import Path
 
+import scoring
 from common import MODELS_DIR, PipelineError, main_guard, write_json
 from scoring import (FORMATS, STATUSES, check_no_collision, count_statuses, format_of, model_sha256,
                      output_columns, score_texts)
@@ -433,16 +434,12 @@ class PoolScorer:
         import multiprocessing
         from concurrent.futures import ProcessPoolExecutor
 
-        import scoring
-
         self.workers, self.prefix, self.null_is_empty = workers, prefix, null_is_empty
         self.pool = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"),
                                         initializer=scoring.init_worker, initargs=(str(run_dir), threads, batch_size))
 
     def map(self, items):
         from concurrent.futures.process import BrokenProcessPool
-
-        import scoring
 
         pending = deque()
         try:

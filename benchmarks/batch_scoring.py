@@ -101,7 +101,9 @@ def run_measured(cmd, env, poll_s: float = 0.2) -> dict:
     import psutil
 
     start = time.perf_counter()
-    proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    # output to files, not pipes: a chatty child (Spark's logs) would block on a full pipe while we poll
+    out_f, err_f = tempfile.TemporaryFile("w+"), tempfile.TemporaryFile("w+")
+    proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=out_f, stderr=err_f, text=True)
     root, peak = psutil.Process(proc.pid), 0
     while proc.poll() is None:
         try:
@@ -116,8 +118,11 @@ def run_measured(cmd, env, poll_s: float = 0.2) -> dict:
         except psutil.Error:
             pass
         time.sleep(poll_s)
-    out, err = proc.communicate()
+    proc.wait()
     wall = time.perf_counter() - start
+    out_f.seek(0)
+    err_f.seek(0)
+    out, err = out_f.read(), err_f.read()
     if proc.returncode != 0:
         raise PipelineError(f"{' '.join(map(str, cmd[1:4]))} ... failed ({proc.returncode}): "
                             f"{(err or out).strip().splitlines()[-1] if (err or out).strip() else ''}")

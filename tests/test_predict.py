@@ -2,7 +2,6 @@
 Predictor(per_text=True), rows without text, worker processes, kill and resume, one-line errors."""
 
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -224,3 +223,21 @@ def test_bad_input_gets_one_line_error(tiny, csv_input, tmp_path, case, match):
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: ") and match in lines[0], proc.stderr
     assert not [p for p in tmp_path.iterdir() if p.name.startswith("out")]
+
+
+def test_batch_scoring_benchmark_smoke(tiny, tmp_path):
+    """benchmarks/batch_scoring.py --smoke end to end (without Spark), so the benchmark never rots."""
+    proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "batch_scoring.py"), "--smoke", "--run-name",
+                           "tiny", "--skip-spark", "--work-dir", str(tmp_path), "--out-dir", str(tmp_path)],
+                          capture_output=True, text=True, env=tiny["env"], cwd=ROOT, timeout=1800)
+    assert proc.returncode == 0, f"{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
+    data = json.loads((tmp_path / "batch_scoring.json").read_text())
+    names = [r["name"] for r in data["results"]]
+    assert names[0] == "plain loop" and len(names) == 4
+    assert all(r["rows_per_s"] > 0 and r["peak_rss_mb"] > 0 and r["tool_rows_per_s"] for r in data["results"])
+    assert {(m["name"], m["rows"]) for m in data["memory"]} >= {("predict.py, 1 worker", 200),
+                                                                 ("predict.py, 1 worker", 600)}
+    assert data["resume"]["killed_by_sigkill"] and data["resume"]["identical"]
+    assert not data["resume"]["output_existed_before_completion"]
+    assert set(data["targets"]) == {"speedup", "memory", "resume"}
+    assert "## Targets" in (tmp_path / "batch_scoring.md").read_text()
