@@ -16,8 +16,8 @@ DOCS = ("README.md", "README_DEPLOYMENT.md")
 # `python <script>.py <arguments>`: the arguments stop at the end of an inline code span, a comment or the line.
 COMMAND = re.compile(r"python ((?:benchmarks/)?\w+\.py)((?: [^`#\n|]*)?)")
 OPTION = re.compile(r"(?<![\w-])(--[a-z][a-z0-9_-]*[a-z0-9])")
-# Options of other programs that the READMEs show (pip, torchrun).
-OTHER_TOOLS = {"--no-deps", "--index-url", "--force-reinstall", "--nproc_per_node"}
+# Options of other programs that the READMEs show (pip, torchrun, spark-submit).
+OTHER_TOOLS = {"--no-deps", "--index-url", "--force-reinstall", "--nproc_per_node", "--master"}
 # Repository files named in inline code: scripts, requirement files, and anything under these folders.
 REPO_FILE = re.compile(r"`((?:(?:benchmarks|tests|scripts|model_reference)/)?[\w./-]+\.(?:py|sh|txt|md|json))`")
 FOLDERS = ("benchmarks/", "tests/", "scripts/", "model_reference/")
