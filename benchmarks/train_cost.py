@@ -234,7 +234,8 @@ def main(argv=None):
             "argv": sys.argv[1:] if argv is None else argv, "batch_size": args.batch_size, "max_length": args.max_length,
             "steps": args.steps, "wall_s": time.perf_counter() - t0, "loadavg_start_end": [load0, load1],
             "load_note": (f"Load average {load0:.1f} at the start and {load1:.1f} at the end on {os.cpu_count()} cores: "
-                          f"other work shared the CPU; ratios within one run are comparable, absolute times are not."
+                          f"other work shared the CPU and the load changed during the run, so both the absolute times and the ratios "
+                          f"between variants (measured one after the other) carry that change: rerun on an idle machine."
                           if max(load0, load1) > 0.5 else "")}
     path = write_report(results, meta, Path(args.out_dir))
     print(path.read_text())
