@@ -55,6 +55,8 @@ def parse_args():
     p.add_argument("--freeze-embeddings", action=argparse.BooleanOptionalAction, default=False,
                    help="keep the word embedding table as pretrained (not trained): faster steps and less memory "
                         "for large-vocabulary models")
+    p.add_argument("--group-by-length", action=argparse.BooleanOptionalAction, default=False,
+                   help="batch texts of similar length together (less padding, faster steps; batches less random)")
     p.add_argument("--reduce-range", action=argparse.BooleanOptionalAction, default=None,
                    help="7-bit weights, which avoid the int16 saturation of AVX2/AVX-512 INT8 kernels without VNNI; "
                         "default: on when this CPU has no VNNI (pass it explicitly when the deploy CPU differs)")
@@ -163,7 +165,8 @@ def training_arguments(args, output_dir):
         weight_decay=args.weight_decay, warmup_steps=args.warmup_ratio, eval_strategy="epoch", save_strategy="epoch",
         load_best_model_at_end=True, metric_for_best_model="f1_macro", greater_is_better=True,
         save_total_limit=1, save_only_model=True, logging_steps=10, report_to="none", seed=args.seed,
-        data_seed=args.seed, dataloader_num_workers=0, use_cpu=not torch.cuda.is_available())
+        data_seed=args.seed, dataloader_num_workers=0, use_cpu=not torch.cuda.is_available(),
+        train_sampling_strategy="group_by_length" if args.group_by_length else "random")
 
 
 def main():
@@ -240,6 +243,7 @@ def main():
             "labels": labels, "input_names": input_names, "qat": qcfg.qat, "seed": args.seed,
             "epochs": args.epochs, "lr": args.lr, "batch_size": args.batch_size, "n_train": len(train.texts),
             "init_from": args.init_from, "freeze_embeddings": args.freeze_embeddings,
+            "group_by_length": args.group_by_length,
             "world_size": training_args.world_size,
             "val_accuracy": val_metrics["eval_accuracy"], "val_f1_macro": val_metrics["eval_f1_macro"],
         }

@@ -3,6 +3,7 @@ count; and the training schedule's warm-up."""
 
 import argparse
 import sys
+import types
 
 import numpy as np
 import pytest
@@ -144,3 +145,37 @@ def test_scheduler_warms_up_over_the_given_ratio(monkeypatch, tmp_path):
 def test_warmup_ratio_outside_0_1_is_refused(monkeypatch, tmp_path, ratio):
     with pytest.raises(PipelineError, match="warmup-ratio"):
         training_args_as_the_script_builds_them(monkeypatch, tmp_path, "--warmup-ratio", ratio)
+
+
+def padded_tokens_per_epoch(trainer) -> int:
+    """Tokens the collator produces over one epoch of the Trainer's own training dataloader (padding included)."""
+    return sum(batch["input_ids"].numel() for batch in trainer.get_train_dataloader())
+
+
+@pytest.mark.parametrize("argv, sampler", [([], "RandomSampler"), (["--group-by-length"], "LengthGroupedSampler")])
+def test_group_by_length_batches_similar_lengths(monkeypatch, tmp_path, argv, sampler):
+    """--group-by-length makes the Trainer sample batches of similar length: on texts of very different lengths
+    an epoch pads far fewer tokens than random batches, and still sees every row once."""
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer, DataCollatorWithPadding, Trainer
+
+    from tiny_model import make_tiny_bert
+
+    rng = np.random.RandomState(0)
+    texts = [" ".join(["bagus"] * n) for n in rng.randint(1, 60, size=256)]
+    model_dir = make_tiny_bert(tmp_path / "tiny", texts)
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    model = AutoModelForSequenceClassification.from_pretrained(model_dir, num_labels=2)
+    split = types.SimpleNamespace(texts=texts, labels=["a", "b"] * 128)
+    ds = train_eager_qat.EncodedDataset(split, tokenizer, ["input_ids", "attention_mask"], {"a": 0, "b": 1}, 64)
+    args = training_args_as_the_script_builds_them(monkeypatch, tmp_path, "--batch-size", "16", *argv)
+    trainer = Trainer(model=model, args=args, train_dataset=ds, eval_dataset=ds,
+                      data_collator=DataCollatorWithPadding(tokenizer))
+    assert type(trainer._get_train_sampler()).__name__ == sampler
+    real_tokens = sum(len(r["input_ids"]) for r in ds.rows)
+    rows = sum(len(b["labels"]) for b in trainer.get_train_dataloader())
+    padding = padded_tokens_per_epoch(trainer) / real_tokens
+    assert rows == len(texts)
+    if argv:
+        assert padding < 1.3
+    else:
+        assert padding > 1.5
