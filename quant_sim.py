@@ -26,8 +26,8 @@ With optimize_graph (onnxruntime.transformers.optimizer fusions before quantizat
 
 Weight ranges are float32 min/max (exact), the scale arithmetic float64 and the scale stored as float32, as ORT
 does; activations are quantized in float32 as the C++ kernel does; the integer GEMM is exact (int_matmul).
-Gradients are straight-through; scales are not trained. Cost: quantized weights are cached while they do not
-change, and embedding tables are quantized only in the rows a batch gathers.
+Gradients are straight-through; scales are not trained. Cost: evaluation quantizes each weight once (cached while
+it does not change), training once per forward; embedding tables are quantized only in the rows a batch gathers.
 
 Verified against onnxruntime 1.32.0 (and only that version): the tests in tests/test_quant_sim.py, and the
 whole-model agreement in README_DEPLOYMENT.md. requirements.txt bounds onnxruntime to 1.32.x; another version
@@ -257,60 +257,79 @@ def quantized_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor |
 
 
 def _version_key(t: torch.Tensor) -> tuple:
-    """Changes whenever t is modified in place (optimizer step, load_state_dict) or replaced."""
+    """Changes when t is replaced or modified in place by an op that bumps its version counter (load_state_dict,
+    a plain optimizer step); a fused optimizer step (torch.optim.AdamW(fused=True), the Trainer's default) does
+    not bump it, hence _memo's other rules."""
     return (t.data_ptr(), t._version, tuple(t.shape))
 
 
-class QuantLinear(nn.Linear):
+CACHES = ("_range_cache", "_weight_cache", "_qparams_cache")
+
+
+def _memo(module: nn.Module, name: str, weights: tuple, compute):
+    """compute(), remembered on module under name while weights keep their identity and version, and only in
+    forwards without gradients (evaluation). A forward that takes gradients of weights recomputes and forgets:
+    an optimizer may change them next without bumping their version, and a stale quantization would silently
+    freeze the simulated weights. Switching train()/eval() forgets too (_QuantModule)."""
+    if torch.is_grad_enabled() and any(w.requires_grad for w in weights):
+        module.__dict__.pop(name, None)
+        return compute()
+    key = tuple(_version_key(w) for w in weights)
+    cached = module.__dict__.get(name)
+    if cached is None or cached[0] != key:
+        cached = (key, compute())
+        module.__dict__[name] = cached
+    return cached[1]
+
+
+class _QuantModule:
+    """Forgets the cached quantization whenever the module switches between training and evaluation."""
+
+    def train(self, mode: bool = True):
+        for name in CACHES:
+            self.__dict__.pop(name, None)
+        return super().train(mode)
+
+
+class QuantLinear(_QuantModule, nn.Linear):
     """nn.Linear whose forward is ORT's dynamic INT8 MatMul; parameters and state_dict keys unchanged.
-    The weight's integer values are cached while the weight (and its packed group) do not change, so evaluation
-    quantizes each weight once; training re-quantizes after every optimizer step."""
+    The weight's integer values are cached in evaluation while the weight (and its packed group) do not change, so
+    evaluation quantizes each weight once; a forward with gradients (training) re-quantizes (_memo)."""
 
     quant_config: QuantConfig
     packed_with: tuple = ()  # the Linears (self included) whose weights ORT packs into one tensor
 
     def _weight_range(self):
-        key = _version_key(self.weight)
-        cached = self.__dict__.get("_range_cache")
-        if cached is None or cached[0] != key:
-            cached = (key, tensor_range(self.weight, self.quant_config.per_channel))
-            self.__dict__["_range_cache"] = cached
-        return cached[1]
+        return _memo(self, "_range_cache", (self.weight,),
+                     lambda: tensor_range(self.weight, self.quant_config.per_channel))
 
     def _quantized_weight(self):
         cfg = self.quant_config
         group = self.packed_with if self.packed_with and not cfg.per_channel else (self,)
-        key = tuple(_version_key(m.weight) for m in group)
-        cached = self.__dict__.get("_weight_cache")
-        if cached is None or cached[0] != key:
-            ranges = [m._weight_range() for m in group]  # a packed tensor's range: over all its parts
-            rmin = torch.stack([r[0] for r in ranges]).amin(dim=0)
-            rmax = torch.stack([r[1] for r in ranges]).amax(dim=0)
-            scale, zero_point, lo, hi = qparams_from_range(rmin, rmax, cfg.weight_type, cfg.reduce_range)
-            with torch.inference_mode(False):  # a cache made under inference_mode could not be used in training
-                q = quantize_int(self.weight, scale, zero_point, lo, hi)
-            cached = (key, q, scale)
-            self.__dict__["_weight_cache"] = cached
-        _, q, scale = cached
+        q, scale = _memo(self, "_weight_cache", tuple(m.weight for m in group), lambda: self._quantize_weight(group))
         return _with_ste(self.weight, q, scale), scale
+
+    def _quantize_weight(self, group):
+        cfg = self.quant_config
+        ranges = [m._weight_range() for m in group]  # a packed tensor's range: over all its parts
+        rmin = torch.stack([r[0] for r in ranges]).amin(dim=0)
+        rmax = torch.stack([r[1] for r in ranges]).amax(dim=0)
+        scale, zero_point, lo, hi = qparams_from_range(rmin, rmax, cfg.weight_type, cfg.reduce_range)
+        with torch.inference_mode(False):  # a cache made under inference_mode could not be used in training
+            return quantize_int(self.weight, scale, zero_point, lo, hi), scale
 
     def forward(self, x):
         w_int, w_scale = self._quantized_weight()
         return quantized_linear(x, self.weight, self.bias, self.quant_config, w_int=w_int, w_scale=w_scale)
 
 
-class QuantEmbedding(nn.Embedding):
+class QuantEmbedding(_QuantModule, nn.Embedding):
     """nn.Embedding whose table is ORT's uint8-quantized Gather data; parameters unchanged. Only the gathered
     rows are quantized, with the table's parameters (cached while the table does not change): a 250k-row table
     costs a lookup, not a pass over the table."""
 
     def _table_qparams(self):
-        key = _version_key(self.weight)
-        cached = self.__dict__.get("_qparams_cache")
-        if cached is None or cached[0] != key:
-            cached = (key, table_qparams(self.weight))
-            self.__dict__["_qparams_cache"] = cached
-        return cached[1]
+        return _memo(self, "_qparams_cache", (self.weight,), lambda: table_qparams(self.weight))
 
     def forward(self, ids):
         rows = F.embedding(ids, self.weight, self.padding_idx)
@@ -380,6 +399,6 @@ def remove_fake_quant(model: nn.Module) -> nn.Module:
             m.__class__ = nn.Embedding
         elif isinstance(m, QuantLayerNorm):
             m.__class__ = nn.LayerNorm
-        for attr in ("packed_with", "quant_config", "_range_cache", "_weight_cache", "_qparams_cache"):
+        for attr in ("packed_with", "quant_config", *CACHES):
             m.__dict__.pop(attr, None)
     return model

@@ -24,7 +24,7 @@ from onnxruntime.quantization import QuantType, quantize_dynamic
 from onnxruntime.quantization.quant_utils import quantize_data
 
 from common import has_vnni
-from quant_sim import (QuantConfig, apply_fake_quant, dynamic_activation_qparams, fake_quant_activation_int,
+from quant_sim import (QuantConfig, apply_fake_quant, remove_fake_quant, dynamic_activation_qparams, fake_quant_activation_int,
                        fake_quant_embedding_table, fake_quant_weight_int, int_matmul, plan_quantization,
                        weight_qparams)
 
@@ -261,3 +261,44 @@ def test_tiny_bert_matches_onnxruntime_int8(tiny_bert, tmp_path, cfg, optimize):
             y_fp32 = model(**{k: torch.from_numpy(v) for k, v in batch.items()}).logits.numpy()
         assert np.abs(y_sim - y_ort).max() <= 1e-5, np.abs(y_sim - y_ort).max()
         assert np.abs(y_fp32 - y_ort).max() > 1e-3  # the INT8 model really differs from FP32
+
+
+@pytest.mark.parametrize("switch_modes", [True, False], ids=["train-then-eval", "eval-mode-throughout"])
+def test_optimizer_steps_reach_the_simulated_weights(tiny_bert, switch_modes):
+    """After every step of a fused AdamW (the Trainer's default optimizer, whose in-place update does not bump the
+    weights' version counters), the fake-quantized model computes with the new weights: equal to a model whose
+    quantization was never cached, and different from before the step. A quantization cached across steps froze
+    QAT (the losses stayed at chance level)."""
+    import copy
+
+    import torch.nn.functional as F
+
+    from common import make_batches, model_input_names
+
+    model, tokenizer = tiny_bert
+    names = model_input_names(tokenizer, model.config)
+    batch = {k: torch.from_numpy(v) for k, v in make_batches(TEXTS, tokenizer, names, 32, 8)[0][1].items()}
+    labels = torch.tensor([0, 1] * 4)
+    cfg = QuantConfig(weight_type="int8", per_channel=False, reduce_range=True, qat=True)
+    sim = copy.deepcopy(model)
+    plan_quantization(sim, cfg)
+    apply_fake_quant(sim, cfg)
+    sim.eval()
+    with torch.no_grad():
+        before = sim(**batch).logits  # evaluation caches the quantized weights
+    opt = torch.optim.AdamW(sim.parameters(), lr=1e-3, fused=True)
+    for _ in range(3):
+        if switch_modes:
+            sim.train()
+        F.cross_entropy(sim(**batch).logits, labels).backward()
+        opt.step()
+        opt.zero_grad()
+        if switch_modes:
+            sim.eval()
+        with torch.no_grad():
+            after = sim(**batch).logits
+            again = sim(**batch).logits  # from the cache this time
+            uncached = apply_fake_quant(remove_fake_quant(copy.deepcopy(sim)), cfg).eval()(**batch).logits
+        assert torch.equal(after, uncached) and torch.equal(again, uncached)
+        assert (after - before).abs().max() > 1e-3
+        before = after
