@@ -2,7 +2,7 @@
 embedding table trained or frozen, and eager evaluation with the fake quantization on against plain PyTorch.
 
 Each variant runs in its own process (so its peak memory is its own), on the same real training batches
-(SmSA texts, fixed seed, padded per batch as the Trainer's collator does), with the Trainer's optimizer (AdamW).
+(SmSA texts, fixed seed, padded per batch as the Trainer's collator does), with the Trainer's optimizer (fused AdamW).
 
     python benchmarks/train_cost.py                      # the default model on ../shared/data/smsa
     python benchmarks/train_cost.py --model minilm --steps 6
@@ -83,7 +83,8 @@ def time_training(args, qat: bool, frozen: bool) -> dict:
     if qat:
         apply_fake_quant(model, plan_quantization(model, QuantConfig(reduce_range=True)))
     model.train()
-    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=5e-5, weight_decay=0.01)
+    # fused, as the Trainer's default optim (adamw_torch_fused); its in-place update bumps no version counter
+    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=5e-5, weight_decay=0.01, fused=True)
     times = []
     for i, batch in enumerate(batches):
         t0 = time.perf_counter()
