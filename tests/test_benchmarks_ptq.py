@@ -117,3 +117,21 @@ def test_margins_of_the_rows_where_int8_differs():
     assert out["disagree_margin_max"] == pytest.approx(0.2) and out["disagree_margin_median"] == pytest.approx(0.15)
     assert out["margin_median_all"] == pytest.approx((0.2 + 3.0) / 2)
     assert disagreement_margins(source, {"predictions": source["predictions"]})["disagree_margin_max"] is None
+
+
+def test_report_without_the_finetune_arms(smoke, tmp_path):
+    """--skip-finetune rows (no QAT fine-tune, no equal-budget control) give a report of the arms that ran, saying
+    which did not, and a chart of those only."""
+    import ptq_vs_qat
+
+    rows = [{k: v for k, v in r.items() if k not in ("qatft", "ptq_long", "fp32long")}
+            for r in smoke["report"]["per_seed"]]
+    args = ptq_vs_qat.parse_args(["--skip-finetune", "--skip-settings"])
+    info = {"data": "d", "n_test": len(smoke["test"]), "model_source": "m",
+            "test_label_shares": smoke["report"]["test_label_shares"]}
+    ptq_vs_qat.write_report(rows, [], args, info, tmp_path, 60.0)
+    md = (tmp_path / "ptq_vs_qat.md").read_text()
+    assert "not run (--skip-finetune)" in md and "QAT INT8 (from pretrained)" in md and "| 7 | PTQ INT8 |" in md
+    assert "fine-tune of FP32" not in md and "trained as long as" not in md and "epochs |" not in md
+    assert json.loads((tmp_path / "ptq_vs_qat.json").read_text())["per_seed"] == rows
+    assert (tmp_path / "ptq_vs_qat.png").stat().st_size > 1000

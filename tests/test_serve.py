@@ -68,20 +68,24 @@ def server(tiny_run):
         stop_server(proc)
 
 
+def plain_int8_session(run: Path):
+    """The run's tokenizer and a plain ONNX Runtime session on its INT8 file (one thread), its input names and
+    max_length: the references below use nothing of predictor.py, common.make_batches or serve.py."""
+    import onnxruntime as ort
+    from transformers import AutoTokenizer
+
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = 1
+    session = ort.InferenceSession(str(run / "model_qat_int8_dynamic.onnx"), opts, providers=["CPUExecutionProvider"])
+    max_length = json.loads((run / "run_info.json").read_text())["max_length"]
+    return AutoTokenizer.from_pretrained(run), session, [i.name for i in session.get_inputs()], max_length
+
+
 @pytest.fixture(scope="module")
 def reference(tiny_run):
     """text -> logits computed without predictor.py, common.make_batches or serve.py: the run's tokenizer on the text
     alone (so no padding) and a plain ONNX Runtime session on the INT8 file."""
-    import onnxruntime as ort
-    from transformers import AutoTokenizer
-
-    run = tiny_run["run"]
-    max_length = json.loads((run / "run_info.json").read_text())["max_length"]
-    tokenizer = AutoTokenizer.from_pretrained(run)
-    opts = ort.SessionOptions()
-    opts.intra_op_num_threads = 1
-    session = ort.InferenceSession(str(run / "model_qat_int8_dynamic.onnx"), opts, providers=["CPUExecutionProvider"])
-    names = [i.name for i in session.get_inputs()]
+    tokenizer, session, names, max_length = plain_int8_session(tiny_run["run"])
     cache = {}
 
     def logits(text: str) -> np.ndarray:
@@ -396,15 +400,7 @@ def test_two_workers_metrics_sum_over_workers(tiny_run, tmp_path):
 def batched_reference_logits(run: Path, texts, batch_size: int) -> np.ndarray:
     """What --batch-mode shared promises, computed without the project's code: texts sorted by token length (ties in
     request order), cut into batches of batch_size, each padded to its longest text, one ONNX Runtime call each."""
-    import onnxruntime as ort
-    from transformers import AutoTokenizer
-
-    max_length = json.loads((run / "run_info.json").read_text())["max_length"]
-    tokenizer = AutoTokenizer.from_pretrained(run)
-    opts = ort.SessionOptions()
-    opts.intra_op_num_threads = 1
-    session = ort.InferenceSession(str(run / "model_qat_int8_dynamic.onnx"), opts, providers=["CPUExecutionProvider"])
-    names = [i.name for i in session.get_inputs()]
+    tokenizer, session, names, max_length = plain_int8_session(run)
     n_tokens = [len(tokenizer(t, truncation=True, max_length=max_length)["input_ids"]) for t in texts]
     order = sorted(range(len(texts)), key=lambda i: (n_tokens[i], i))
     out = [None] * len(texts)
