@@ -1,0 +1,171 @@
+"""One run of the whole pipeline, timed and reported: runs `bash run_pipeline.sh ARGS` (TRAIN_ARGS passes through
+as for the script), times each step, then writes benchmarks/reports/pipeline_<run>.{md,json} from the run's own
+files: training settings and validation scores, test accuracy and macro-F1 of every stage, per-label recall, the
+INT8 model's agreement with its simulation (in batches and one text per batch) with the distribution of logit
+differences, model sizes, step times, peak memory, CPU.
+
+    TRAIN_ARGS="--max-train-samples 2000" python benchmarks/pipeline_report.py --data-dir ../shared/data/smsa --seed 0
+    python benchmarks/pipeline_report.py                  # the README's first run: default model, default data
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import re
+import resource
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+STEP = re.compile(r"^\+ \[(\d+\.\d+)\] python (\S+)(.*)$")  # a step as `set -x` traces it with PS4 below
+STAGES = (  # metrics file stage -> name in the report
+    ("eager_qat", "eager QAT (PyTorch simulation)"),
+    ("onnx_qat", "FP32 ONNX"),
+    ("onnx_int8_dynamic", "INT8 ONNX"),
+    ("eager_qat_per_text", "eager QAT"),
+    ("onnx_int8_dynamic_per_text", "INT8 ONNX (as served)"),
+)
+PAIRS = (  # (INT8 stage, the stage it is compared with)
+    ("onnx_int8_dynamic", "eager_qat"),
+    ("onnx_int8_dynamic_per_text", "eager_qat_per_text"),
+    ("onnx_int8_dynamic", "onnx_qat"),
+)
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--out-dir", default=str(ROOT / "benchmarks" / "reports"))
+    args, pipeline_args = p.parse_known_args(argv)
+    args.pipeline_args = pipeline_args
+    return args
+
+
+def run_name_of(pipeline_args) -> str:
+    """The run name run_pipeline.sh's steps will use for these arguments."""
+    from common import run_name
+
+    p = argparse.ArgumentParser(add_help=False)
+    for opt in ("--run-name", "--model", "--data-dir"):
+        p.add_argument(opt)
+    known, _ = p.parse_known_args(pipeline_args)
+    known.model = known.model or "default"
+    return run_name(known)
+
+
+def run_pipeline(pipeline_args, log_path: Path) -> tuple[list[dict], float]:
+    """Runs run_pipeline.sh, its output to log_path; [{script, args, seconds}] per step and the total wall time."""
+    # bash takes no PS4 from the environment when run as root, so it is set in the shell that sources the script
+    # ($0 stays the script's path, which it uses to find its folder)
+    trace = 'PS4="+ [\$(date +%s.%N)] "; source "$0" "$@"'
+    t0 = time.time()
+    with open(log_path, "w") as log:
+        proc = subprocess.run(["bash", "-c", trace, str(ROOT / "run_pipeline.sh"), *pipeline_args], cwd=ROOT,
+                              stdout=log, stderr=subprocess.STDOUT)
+    t_end = time.time()
+    if proc.returncode != 0:
+        sys.exit(f"run_pipeline.sh failed ({proc.returncode}); its output: {log_path}")
+    starts = [m for m in map(STEP.match, log_path.read_text().splitlines()) if m]
+    steps = []
+    for i, m in enumerate(starts):
+        end = float(starts[i + 1].group(1)) if i + 1 < len(starts) else t_end
+        steps.append({"script": m.group(2), "args": m.group(3).strip(), "seconds": end - float(m.group(1))})
+    return steps, t_end - t0
+
+
+def load_metrics(results: Path) -> dict:
+    return {stage: json.loads((results / f"metrics_{stage}.json").read_text())
+            for stage, _ in STAGES if (results / f"metrics_{stage}.json").is_file()}
+
+
+def compare(a: dict, b: dict) -> dict:
+    """Label agreement and the distribution over rows of the largest |logit difference| of a row."""
+    pa, pb = np.array(a["predictions"]), np.array(b["predictions"])
+    d = np.abs(np.array(a["logits"], dtype=np.float64) - np.array(b["logits"], dtype=np.float64)).max(axis=1)
+    return {"agreement": float((pa == pb).mean()), "n_differ": int((pa != pb).sum()), "n": len(pa),
+            **{f"logit_diff_{q}": float(np.percentile(d, q)) for q in (50, 90, 99)}, "logit_diff_max": float(d.max())}
+
+
+def summary(run: str, steps: list[dict], wall_s: float, peak_rss_mb: float) -> dict:
+    from common import MODELS_DIR, RESULTS_DIR, cpu_info
+
+    info = json.loads((MODELS_DIR / run / "run_info.json").read_text())
+    quant = json.loads((MODELS_DIR / run / "quant_config.json").read_text())
+    metrics = load_metrics(RESULTS_DIR / run)
+    stages = {s: {"accuracy": m["accuracy"], "f1_macro": m["f1_macro"], "samples_per_second": m["samples_per_second"],
+                  "batch_size": m["batch_size"],
+                  "model_size_mb": m["model_size_mb"],
+                  "recall": {l: c["recall"] for l, c in m["per_class"].items()}} for s, m in metrics.items()}
+    pairs = {f"{a} vs {b}": compare(metrics[a], metrics[b]) for a, b in PAIRS if a in metrics and b in metrics}
+    return {"date": datetime.date.today().isoformat(), "cpu": cpu_info(), "cores": os.cpu_count(), "run": run,
+            "command": {"TRAIN_ARGS": os.environ.get("TRAIN_ARGS", ""), "args": sys.argv[1:]},
+            "wall_seconds": wall_s, "peak_rss_mb": peak_rss_mb, "steps": steps,
+            "training": {k: info.get(k) for k in ("model", "model_source", "data_dir", "n_train", "epochs", "lr",
+                                                  "batch_size", "max_length", "seed", "group_by_length",
+                                                  "freeze_embeddings", "val_accuracy", "val_f1_macro")},
+            "quantization": {k: quant.get(k) for k in ("weight_type", "per_channel", "reduce_range", "chosen_for")},
+            "stages": stages, "pairs": pairs}
+
+
+def render(s: dict) -> str:
+    cpu = s["cpu"]
+    isa = ", ".join(f for f, on in cpu["flags"].items() if on) or "none of the tracked ones"
+    t, q = s["training"], s["quantization"]
+    cmd = (f"TRAIN_ARGS=\"{s['command']['TRAIN_ARGS']}\" " if s["command"]["TRAIN_ARGS"] else "") + \
+        f"python benchmarks/pipeline_report.py {' '.join(s['command']['args'])}"
+    L = [f"# Pipeline run `{s['run']}`", "",
+         f"Measured {s['date']} on {cpu['model']} (ISA: {isa}), {s['cores']} cores: `{cmd}` ran `run_pipeline.sh` "
+         f"in {s['wall_seconds'] / 60:.1f} min (wall); the largest step peaked at {s['peak_rss_mb']:,.0f} MB resident. "
+         f"Every number below is read from the run's files by `benchmarks/pipeline_report.py`.", "",
+         "## Training", "",
+         f"Model `{t['model']}` ({t['model_source']}), {t['n_train']} training rows of {t['data_dir']}, "
+         f"{t['epochs']:g} epoch(s) at lr {t['lr']:g}, batch {t['batch_size']}, max length {t['max_length']}, seed "
+         f"{t['seed']}, batches grouped by length: {bool(t.get('group_by_length'))}, embedding table frozen: "
+         f"{bool(t.get('freeze_embeddings'))}. Quantization: {q['weight_type']} weights, per channel "
+         f"{q['per_channel']}, reduce_range {q['reduce_range']} ({(q.get('chosen_for') or {}).get('rule', 'given')}). "
+         f"Best epoch's validation accuracy {t['val_accuracy'] * 100:.2f}%, macro-F1 {t['val_f1_macro'] * 100:.2f}%.", "",
+         "## Test split", "",
+         "| stage | texts per batch | accuracy | macro-F1 | recall per label | texts/s | model MB |",
+         "|---|---|---|---|---|---|---|"]
+    for stage, name in STAGES:
+        if stage in s["stages"]:
+            m = s["stages"][stage]
+            recall = ", ".join(f"{l} {r * 100:.1f}" for l, r in m["recall"].items())
+            L.append(f"| {name} | {m['batch_size']} | {m['accuracy'] * 100:.2f} | {m['f1_macro'] * 100:.2f} | {recall} | "
+                     f"{m['samples_per_second']:.1f} | {m['model_size_mb']:.1f} |")
+    L += ["", "## INT8 against the model it was made from, row by row", "",
+          "Largest |logit difference| of a row, over the test rows.", "",
+          "| INT8 vs | agreement | rows differ | p50 | p90 | p99 | max |", "|---|---|---|---|---|---|---|"]
+    for key, c in s["pairs"].items():
+        L.append(f"| {key} | {c['agreement'] * 100:.2f}% | {c['n_differ']} of {c['n']} | {c['logit_diff_50']:.4f} | "
+                 f"{c['logit_diff_90']:.4f} | {c['logit_diff_99']:.4f} | {c['logit_diff_max']:.4f} |")
+    L += ["", "## Step times", "", "| step | seconds |", "|---|---|"]
+    L += [f"| `{st['script']} {st['args']}` | {st['seconds']:.0f} |" for st in s["steps"]]
+    return "\n".join(L) + "\n"
+
+
+def main():
+    args = parse_args()
+    run = run_name_of(args.pipeline_args)
+    out = Path(args.out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    log = ROOT / "benchmarks" / ".cache" / f"pipeline_{run}.log"  # the steps' own output, not part of the report
+    log.parent.mkdir(parents=True, exist_ok=True)
+    steps, wall_s = run_pipeline(args.pipeline_args, log)
+    peak_mb = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
+    s = summary(run, steps, wall_s, peak_mb)
+    (out / f"pipeline_{run}.json").write_text(json.dumps(s, indent=2))
+    (out / f"pipeline_{run}.md").write_text(render(s))
+    print(render(s))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,62 @@
+"""benchmarks/pipeline_report.py runs run_pipeline.sh (as README shows it) on a tiny model and reports the run; its
+numbers are recomputed here from the run's own metrics files."""
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from helpers import ROOT, tiny_workspace
+
+STEPS = ["train_eager_qat.py", "export_to_onnx.py", "quantize_onnx_dynamic.py", "eval_eager_qat.py",
+         "eval_onnx_qat.py", "eval_onnx_int8_dynamic.py", "eval_eager_qat.py", "eval_onnx_int8_dynamic.py"]
+
+
+@pytest.fixture(scope="module")
+def reported(tmp_path_factory):
+    w = tiny_workspace(tmp_path_factory.mktemp("pipeline_report"))
+    out = w["tmp"] / "reports"
+    env = {**w["env"], "TRAIN_ARGS": "--epochs 1 --max-train-samples 300 --lr 2e-3"}
+    proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "pipeline_report.py"), "--out-dir", str(out),
+                           "--model", str(w["model"]), "--data-dir", str(w["data"]), "--run-name", "pr",
+                           "--max-length", "48", "--batch-size", "16"],
+                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=1800)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    metrics = {p.stem.removeprefix("metrics_"): json.loads(p.read_text())
+               for p in (w["tmp"] / "results" / "pr").glob("metrics_*.json")}
+    return {"json": json.loads((out / "pipeline_pr.json").read_text()), "md": (out / "pipeline_pr.md").read_text(),
+            "metrics": metrics}
+
+
+def test_every_step_timed_in_order(reported):
+    s = reported["json"]
+    assert [st["script"] for st in s["steps"]] == STEPS
+    assert [("--per-text" in st["args"]) for st in s["steps"]] == [False] * 6 + [True] * 2
+    assert all(st["seconds"] > 0 for st in s["steps"])
+    assert sum(st["seconds"] for st in s["steps"]) <= s["wall_seconds"]
+    assert s["training"]["n_train"] == 300 and s["training"]["epochs"] == 1 and s["peak_rss_mb"] > 100
+
+
+def test_scores_and_agreement_recomputed_from_the_metrics(reported):
+    s, m = reported["json"], reported["metrics"]
+    assert set(s["stages"]) == {"eager_qat", "onnx_qat", "onnx_int8_dynamic", "eager_qat_per_text",
+                                "onnx_int8_dynamic_per_text"}
+    for stage, r in s["stages"].items():
+        assert r["f1_macro"] == m[stage]["f1_macro"] and r["accuracy"] == m[stage]["accuracy"]
+    for a, b in (("onnx_int8_dynamic", "eager_qat"), ("onnx_int8_dynamic_per_text", "eager_qat_per_text")):
+        c = s["pairs"][f"{a} vs {b}"]
+        pa, pb = np.array(m[a]["predictions"]), np.array(m[b]["predictions"])
+        assert c["agreement"] == pytest.approx((pa == pb).mean()) and c["n_differ"] == (pa != pb).sum()
+        d = np.abs(np.array(m[a]["logits"]) - np.array(m[b]["logits"])).max(axis=1)
+        assert c["logit_diff_max"] == pytest.approx(d.max()) and c["logit_diff_50"] == pytest.approx(np.median(d))
+    assert s["stages"]["onnx_int8_dynamic_per_text"]["batch_size"] == 1 and s["stages"]["onnx_qat"]["batch_size"] == 16
+
+
+def test_markdown_states_cpu_command_and_tables(reported):
+    md, s = reported["md"], reported["json"]
+    assert s["cpu"]["model"] in md and 'TRAIN_ARGS="--epochs 1 --max-train-samples 300 --lr 2e-3"' in md
+    f1 = s["stages"]["onnx_int8_dynamic_per_text"]["f1_macro"] * 100
+    assert f"| INT8 ONNX (as served) | 1 | " in md and f"{f1:.2f}" in md
+    assert md.count("| `eval_") == 5 and "onnx_int8_dynamic_per_text vs eager_qat_per_text" in md
