@@ -26,7 +26,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-STEP = re.compile(r"^\+ \[(\d+\.\d+)\] python (\S+)(.*)$")  # a step as `set -x` traces it with PS4 below
+STEP = re.compile(r"^\++ \[(\d+\.\d+)\] python (\S+)(.*)$")  # a step as `set -x` traces it with PS4 below
 STAGES = (  # metrics file stage -> name in the report
     ("eager_qat", "eager QAT (PyTorch simulation)"),
     ("onnx_qat", "FP32 ONNX"),
