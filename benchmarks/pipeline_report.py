@@ -6,6 +6,7 @@ differences, model sizes, step times, peak memory, CPU.
 
     TRAIN_ARGS="--max-train-samples 2000" python benchmarks/pipeline_report.py --data-dir ../shared/data/smsa --seed 0
     python benchmarks/pipeline_report.py                  # the README's first run: default model, default data
+    python benchmarks/pipeline_report.py --no-run --run-name RUN   # report a run made earlier (no step times)
 """
 
 from __future__ import annotations
@@ -44,6 +45,8 @@ PAIRS = (  # (INT8 stage, the stage it is compared with)
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out-dir", default=str(ROOT / "benchmarks" / "reports"))
+    p.add_argument("--no-run", action="store_true",
+                   help="do not run the pipeline: report the run's existing files, without step times or memory")
     args, pipeline_args = p.parse_known_args(argv)
     args.pipeline_args = pipeline_args
     return args
@@ -94,7 +97,7 @@ def compare(a: dict, b: dict) -> dict:
             **{f"logit_diff_{q}": float(np.percentile(d, q)) for q in (50, 90, 99)}, "logit_diff_max": float(d.max())}
 
 
-def summary(run: str, steps: list[dict], wall_s: float, peak_rss_mb: float) -> dict:
+def summary(run: str, steps: list[dict], wall_s: float | None, peak_rss_mb: float | None) -> dict:
     from common import MODELS_DIR, RESULTS_DIR, cpu_info
 
     info = json.loads((MODELS_DIR / run / "run_info.json").read_text())
@@ -121,10 +124,16 @@ def render(s: dict) -> str:
     t, q = s["training"], s["quantization"]
     cmd = (f"TRAIN_ARGS=\"{s['command']['TRAIN_ARGS']}\" " if s["command"]["TRAIN_ARGS"] else "") + \
         f"python benchmarks/pipeline_report.py {' '.join(s['command']['args'])}"
+    if s["wall_seconds"] is None:
+        ran = (f"Reported {s['date']} on {cpu['model']} (ISA: {isa}), {s['cores']} cores, by `{cmd}` from the files of "
+               f"a run made earlier (the evaluations' CPU is in their metrics files); step times and memory not "
+               f"measured by this script.")
+    else:
+        ran = (f"Measured {s['date']} on {cpu['model']} (ISA: {isa}), {s['cores']} cores: `{cmd}` ran "
+               f"`run_pipeline.sh` in {s['wall_seconds'] / 60:.1f} min (wall); the largest step peaked at "
+               f"{s['peak_rss_mb']:,.0f} MB resident.")
     L = [f"# Pipeline run `{s['run']}`", "",
-         f"Measured {s['date']} on {cpu['model']} (ISA: {isa}), {s['cores']} cores: `{cmd}` ran `run_pipeline.sh` "
-         f"in {s['wall_seconds'] / 60:.1f} min (wall); the largest step peaked at {s['peak_rss_mb']:,.0f} MB resident. "
-         f"Every number below is read from the run's files by `benchmarks/pipeline_report.py`.", "",
+         f"{ran} Every number below is read from the run's files by `benchmarks/pipeline_report.py`.", "",
          "## Training", "",
          f"Model `{t['model']}` ({t['model_source']}), {t['n_train']} training rows of {t['data_dir']}, "
          f"{t['epochs']:g} epoch(s) at lr {t['lr']:g}, batch {t['batch_size']}, max length {t['max_length']}, seed "
@@ -147,8 +156,9 @@ def render(s: dict) -> str:
     for key, c in s["pairs"].items():
         L.append(f"| {key} | {c['agreement'] * 100:.2f}% | {c['n_differ']} of {c['n']} | {c['logit_diff_50']:.4f} | "
                  f"{c['logit_diff_90']:.4f} | {c['logit_diff_99']:.4f} | {c['logit_diff_max']:.4f} |")
-    L += ["", "## Step times", "", "| step | seconds |", "|---|---|"]
-    L += [f"| `{st['script']} {st['args']}` | {st['seconds']:.0f} |" for st in s["steps"]]
+    if s["steps"]:
+        L += ["", "## Step times", "", "| step | seconds |", "|---|---|"]
+        L += [f"| `{st['script']} {st['args']}` | {st['seconds']:.0f} |" for st in s["steps"]]
     return "\n".join(L) + "\n"
 
 
@@ -157,10 +167,12 @@ def main():
     run = run_name_of(args.pipeline_args)
     out = Path(args.out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    log = ROOT / "benchmarks" / ".cache" / f"pipeline_{run}.log"  # the steps' own output, not part of the report
-    log.parent.mkdir(parents=True, exist_ok=True)
-    steps, wall_s = run_pipeline(args.pipeline_args, log)
-    peak_mb = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
+    steps, wall_s, peak_mb = [], None, None
+    if not args.no_run:
+        log = ROOT / "benchmarks" / ".cache" / f"pipeline_{run}.log"  # the steps' own output, not in the report
+        log.parent.mkdir(parents=True, exist_ok=True)
+        steps, wall_s = run_pipeline(args.pipeline_args, log)
+        peak_mb = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
     s = summary(run, steps, wall_s, peak_mb)
     (out / f"pipeline_{run}.json").write_text(json.dumps(s, indent=2))
     (out / f"pipeline_{run}.md").write_text(render(s))

@@ -27,7 +27,7 @@ def reported(tmp_path_factory):
     metrics = {p.stem.removeprefix("metrics_"): json.loads(p.read_text())
                for p in (w["tmp"] / "results" / "pr").glob("metrics_*.json")}
     return {"json": json.loads((out / "pipeline_pr.json").read_text()), "md": (out / "pipeline_pr.md").read_text(),
-            "metrics": metrics}
+            "metrics": metrics, "env": env, "tmp": w["tmp"]}
 
 
 def test_every_step_timed_in_order(reported):
@@ -60,3 +60,16 @@ def test_markdown_states_cpu_command_and_tables(reported):
     f1 = s["stages"]["onnx_int8_dynamic_per_text"]["f1_macro"] * 100
     assert f"| INT8 ONNX (as served) | 1 | " in md and f"{f1:.2f}" in md
     assert md.count("| `eval_") == 5 and "onnx_int8_dynamic_per_text vs eager_qat_per_text" in md
+
+
+def test_no_run_reports_the_same_run_without_times(reported):
+    out = reported["tmp"] / "again"
+    proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "pipeline_report.py"), "--no-run",
+                           "--run-name", "pr", "--out-dir", str(out)], cwd=ROOT, env=reported["env"],
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    again = json.loads((out / "pipeline_pr.json").read_text())
+    assert again["stages"] == reported["json"]["stages"] and again["pairs"] == reported["json"]["pairs"]
+    assert again["steps"] == [] and again["wall_seconds"] is None
+    md = (out / "pipeline_pr.md").read_text()
+    assert "step times and memory not measured" in md and "## Step times" not in md
