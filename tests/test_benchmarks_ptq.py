@@ -30,7 +30,7 @@ def smoke(tmp_path_factory):
     (out / "ptq_vs_qat_reading.md").write_text(READING)
     # --max-length and --seeds given explicitly: the smoke mode must pass them on, not replace them
     proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "ptq_vs_qat.py"), "--smoke", "--max-length", "24",
-                           "--seeds", "7", "--out-dir", str(out), "--work-dir", str(tmp / "work")],
+                           "--seeds", "7", "--group-by-length", "--out-dir", str(out), "--work-dir", str(tmp / "work")],
                           capture_output=True, text=True, timeout=3600)  # a hang guard: ~7 CPU-minutes of steps
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
     work = tmp / "work"
@@ -94,6 +94,7 @@ def test_options_reach_the_training_runs(smoke):
     assert run_info(smoke["work"], "fp32long-s7")["epochs"] == cfg["epochs"] + cfg["qatft_epochs"]
     assert not run_info(smoke["work"], "fp32long-s7")["qat"] and run_info(smoke["work"], "qat-s7")["qat"]
     assert run_info(smoke["work"], "qatft-s7")["init_from"] == "fp32-s7"
+    assert all(run_info(smoke["work"], run.format(seed=7))["group_by_length"] for run, _ in ARMS.values())
 
 
 def test_report_generated_and_reading_kept(smoke):
