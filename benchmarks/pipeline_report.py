@@ -22,8 +22,6 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
-
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
@@ -64,8 +62,9 @@ def run_name_of(pipeline_args) -> str:
     return run_name(known)
 
 
-def run_pipeline(pipeline_args, log_path: Path) -> tuple[list[dict], float]:
-    """Runs run_pipeline.sh, its output to log_path; [{script, args, seconds}] per step and the total wall time."""
+def run_pipeline(pipeline_args, log_path: Path) -> tuple[list[dict], float, float]:
+    """Runs run_pipeline.sh, its output to log_path; [{script, args, seconds}] per step, the total wall time and the
+    time before the first step (creating .venv and installing the requirements, when needed)."""
     # bash takes no PS4 from the environment when run as root, so it is set in the shell that sources the script
     # ($0 stays the script's path, which it uses to find its folder)
     trace = 'PS4="+ [\$(date +%s.%N)] "; source "$0" "$@"'
@@ -81,7 +80,8 @@ def run_pipeline(pipeline_args, log_path: Path) -> tuple[list[dict], float]:
     for i, m in enumerate(starts):
         end = float(starts[i + 1].group(1)) if i + 1 < len(starts) else t_end
         steps.append({"script": m.group(2), "args": m.group(3).strip(), "seconds": end - float(m.group(1))})
-    return steps, t_end - t0
+    setup_s = (float(starts[0].group(1)) - t0) if starts else t_end - t0
+    return steps, t_end - t0, setup_s
 
 
 def load_metrics(results: Path) -> dict:
@@ -91,13 +91,16 @@ def load_metrics(results: Path) -> dict:
 
 def compare(a: dict, b: dict) -> dict:
     """Label agreement and the distribution over rows of the largest |logit difference| of a row."""
+    import numpy as np  # here, so that a fresh clone's system Python can run the pipeline before .venv exists
+
     pa, pb = np.array(a["predictions"]), np.array(b["predictions"])
     d = np.abs(np.array(a["logits"], dtype=np.float64) - np.array(b["logits"], dtype=np.float64)).max(axis=1)
     return {"agreement": float((pa == pb).mean()), "n_differ": int((pa != pb).sum()), "n": len(pa),
             **{f"logit_diff_{q}": float(np.percentile(d, q)) for q in (50, 90, 99)}, "logit_diff_max": float(d.max())}
 
 
-def summary(run: str, steps: list[dict], wall_s: float | None, peak_rss_mb: float | None) -> dict:
+def summary(run: str, steps: list[dict], wall_s: float | None, setup_s: float | None,
+            peak_rss_mb: float | None) -> dict:
     from common import MODELS_DIR, RESULTS_DIR, cpu_info
 
     info = json.loads((MODELS_DIR / run / "run_info.json").read_text())
@@ -110,7 +113,7 @@ def summary(run: str, steps: list[dict], wall_s: float | None, peak_rss_mb: floa
     pairs = {f"{a} vs {b}": compare(metrics[a], metrics[b]) for a, b in PAIRS if a in metrics and b in metrics}
     return {"date": datetime.date.today().isoformat(), "cpu": cpu_info(), "cores": os.cpu_count(), "run": run,
             "command": {"TRAIN_ARGS": os.environ.get("TRAIN_ARGS", ""), "args": sys.argv[1:]},
-            "wall_seconds": wall_s, "peak_rss_mb": peak_rss_mb, "steps": steps,
+            "wall_seconds": wall_s, "setup_seconds": setup_s, "peak_rss_mb": peak_rss_mb, "steps": steps,
             "training": {k: info.get(k) for k in ("model", "model_source", "data_dir", "n_train", "epochs", "lr",
                                                   "batch_size", "max_length", "seed", "group_by_length",
                                                   "freeze_embeddings", "val_accuracy", "val_f1_macro")},
@@ -130,7 +133,8 @@ def render(s: dict) -> str:
                f"measured by this script.")
     else:
         ran = (f"Measured {s['date']} on {cpu['model']} (ISA: {isa}), {s['cores']} cores: `{cmd}` ran "
-               f"`run_pipeline.sh` in {s['wall_seconds'] / 60:.1f} min (wall); the largest step peaked at "
+               f"`run_pipeline.sh` in {s['wall_seconds'] / 60:.1f} min (wall), of which {s['setup_seconds']:.0f} s "
+               f"before the first step (creating .venv and installing, when needed); the largest step peaked at "
                f"{s['peak_rss_mb']:,.0f} MB resident.")
     L = [f"# Pipeline run `{s['run']}`", "",
          f"{ran} Every number below is read from the run's files by `benchmarks/pipeline_report.py`.", "",
@@ -167,13 +171,13 @@ def main():
     run = run_name_of(args.pipeline_args)
     out = Path(args.out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    steps, wall_s, peak_mb = [], None, None
+    steps, wall_s, setup_s, peak_mb = [], None, None, None
     if not args.no_run:
         log = ROOT / "benchmarks" / ".cache" / f"pipeline_{run}.log"  # the steps' own output, not in the report
         log.parent.mkdir(parents=True, exist_ok=True)
-        steps, wall_s = run_pipeline(args.pipeline_args, log)
+        steps, wall_s, setup_s = run_pipeline(args.pipeline_args, log)
         peak_mb = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
-    s = summary(run, steps, wall_s, peak_mb)
+    s = summary(run, steps, wall_s, setup_s, peak_mb)
     (out / f"pipeline_{run}.json").write_text(json.dumps(s, indent=2))
     (out / f"pipeline_{run}.md").write_text(render(s))
     print(render(s))
