@@ -262,8 +262,9 @@ def write_report(rows, settings_rows, args, info, out_dir: Path, elapsed_s: floa
         L.append(f"| {name} | {fmt(r[key]['accuracy'] for r in rows)} | {fmt(r[key]['f1_macro'] for r in rows)} | "
                  f"{fmt(r[key]['acc_drop'] for r in rows)} | {fmt(r[key]['f1_drop'] for r in rows)} | "
                  f"{fmt(r[key]['agreement_with_source'] for r in rows)} | {fmt(r[key]['val_accuracy'] for r in rows)} |")
-    L += ["", f"Drops are against the FP32 model of {args.epochs} epoch(s), except the equal-budget PTQ row: against "
-          f"the FP32 model of {long_epochs} epochs it was made from.", ""]
+    L += ["", f"Drops are against the FP32 model of {args.epochs} epoch(s)" +
+          (f", except the equal-budget PTQ row: against the FP32 model of {long_epochs} epochs it was made from."
+           if "ptq_long" in rows[0] else "."), ""]
     L += near_tie_summary(rows)
     L += label_share_table(rows, info)
     if settings_rows:
