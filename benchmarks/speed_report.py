@@ -201,3 +201,30 @@ def write_chart(records, meta, out_dir: Path) -> Path:
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return path
+
+
+def main(argv=None):
+    """Re-render speed.md and speed.png from the records speed.py saved (it saves after every model, so an
+    interrupted run can be reported for the models it finished: --models)."""
+    import argparse
+    import json
+
+    p = argparse.ArgumentParser(description=main.__doc__)
+    p.add_argument("--dir", default=str(Path(__file__).resolve().parent / "reports"), help="where speed.json is")
+    p.add_argument("--models", default=None, help="comma list of the models to report (default: all recorded)")
+    args = p.parse_args(argv)
+    out = Path(args.dir)
+    records = json.loads((out / "speed.json").read_text())
+    meta = json.loads((out / "speed.meta.json").read_text())
+    if args.models:
+        keep = args.models.split(",")
+        records = [r for r in records if r["model"] in keep]
+        meta["models"] = {k: v for k, v in meta["models"].items() if k in keep}
+        meta["argv"] = meta["argv"] + [f"(interrupted; reported by speed_report.py for {args.models} only)"]
+    models = list(dict.fromkeys(r["model"] for r in records))
+    write_report(records, meta, out, TARGET_MODEL if TARGET_MODEL in models else models[0])
+    write_chart(records, meta, out)
+
+
+if __name__ == "__main__":
+    main()
