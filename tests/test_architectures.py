@@ -7,7 +7,7 @@ import json
 
 import pytest
 import torch
-from helpers import run_step, tiny_workspace
+from helpers import run_step, run_steps, tiny_workspace
 from test_pipeline import assert_one_line_error
 from tiny_model import make_tiny_distilbert, make_tiny_xlmr
 
@@ -29,8 +29,8 @@ def test_pipeline_end_to_end(workspace, family):
              "--max-length", 48, "--lr", "2e-3", "--batch-size", 16, "--epochs", 1, env=w["env"])
     info = json.loads((w["tmp"] / "models" / run / "run_info.json").read_text())
     assert info["input_names"] == ["input_ids", "attention_mask"]  # no token_type_ids in these families
-    for script in ("export_to_onnx.py", "quantize_onnx_dynamic.py", "eval_eager_qat.py", "eval_onnx_int8_dynamic.py"):
-        run_step(script, "--run-name", run, env=w["env"])
+    run_steps(run, "export_to_onnx.py", "quantize_onnx_dynamic.py", "eval_eager_qat.py", "eval_onnx_int8_dynamic.py",
+              env=w["env"])
     m = json.loads((w["tmp"] / "results" / run / "metrics_onnx_int8_dynamic.json").read_text())
     a = m["agreement"]["eager_qat"]
     assert a["agreement"] == 1.0 and a["max_abs_logit_diff"] <= 1e-4, a

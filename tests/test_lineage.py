@@ -7,7 +7,7 @@ import shutil
 import sys
 
 import pytest
-from helpers import run_step, tiny_workspace, train_tiny
+from helpers import run_step, run_steps, tiny_workspace, train_tiny
 
 import common
 from common import (INT8_FILE, LINEAGE_FILE, ONNX_FILE, QUANT_CONFIG_FILE, STATE_DICT_FILE, PipelineError,
@@ -179,8 +179,8 @@ def first_training(workspace):
     """Train, export, quantize, evaluate; keep a copy of the run's files and results as they were."""
     w = workspace
     train_tiny(w, "lin", "--epochs", 1, "--max-train-samples", 200)
-    out = {s: run_step(s, "--run-name", "lin", env=w["env"]).stdout
-           for s in ("export_to_onnx.py", "quantize_onnx_dynamic.py", "eval_eager_qat.py", "eval_onnx_int8_dynamic.py")}
+    out = run_steps("lin", "export_to_onnx.py", "quantize_onnx_dynamic.py", "eval_eager_qat.py",
+                    "eval_onnx_int8_dynamic.py", env=w["env"])
     run, results, old = w["tmp"] / "models" / "lin", w["tmp"] / "results" / "lin", w["tmp"] / "first"
     shutil.copytree(run, old / "models")
     shutil.copytree(results, old / "results")
@@ -253,8 +253,7 @@ def test_models_of_an_earlier_training_are_refused(retrained):
 
 def test_stale_metrics_are_not_compared(retrained):
     w = retrained
-    for script in ("export_to_onnx.py", "quantize_onnx_dynamic.py"):
-        run_step(script, "--run-name", "lin", env=w["env"])
+    run_steps("lin", "export_to_onnx.py", "quantize_onnx_dynamic.py", env=w["env"])
     shutil.copy(w["old"] / "results" / "metrics_eager_qat.json", w["results"])  # measured on the first weights
     out = run_step("eval_onnx_int8_dynamic.py", "--run-name", "lin", env=w["env"]).stdout
     m = json.loads((w["results"] / "metrics_onnx_int8_dynamic.json").read_text())

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-from helpers import ROOT, run_step, tiny_workspace, train_tiny
+from helpers import ROOT, run_step, run_steps, tiny_workspace, train_tiny
 
 SMSA = ROOT.parent / "shared" / "data" / "smsa"
 STAGES = ("eager_qat", "onnx_qat", "onnx_int8_dynamic")
@@ -23,11 +23,8 @@ def workspace(tmp_path_factory):
 def trained_run(workspace):
     w = workspace
     train_tiny(w, "tiny", "--epochs", 2)
-    out = {}
-    out["export"] = run_step("export_to_onnx.py", "--run-name", "tiny", env=w["env"]).stdout
-    out["quantize"] = run_step("quantize_onnx_dynamic.py", "--run-name", "tiny", env=w["env"]).stdout
-    for script in ("eval_eager_qat.py", "eval_onnx_qat.py", "eval_onnx_int8_dynamic.py"):
-        out[script] = run_step(script, "--run-name", "tiny", env=w["env"]).stdout
+    out = run_steps("tiny", "export_to_onnx.py", "quantize_onnx_dynamic.py", "eval_eager_qat.py", "eval_onnx_qat.py",
+                    "eval_onnx_int8_dynamic.py", env=w["env"])
     return {**w, "out": out, "run": w["tmp"] / "models" / "tiny", "results": w["tmp"] / "results" / "tiny"}
 
 
@@ -80,8 +77,8 @@ def test_int8_agrees_with_eager_qat(trained_run):
 
 
 def test_export_checked_and_int8_smaller(trained_run):
-    assert "max |logit diff|" in trained_run["out"]["export"]
-    assert "x smaller" in trained_run["out"]["quantize"]
+    assert "max |logit diff|" in trained_run["out"]["export_to_onnx.py"]
+    assert "x smaller" in trained_run["out"]["quantize_onnx_dynamic.py"]
     run = trained_run["run"]
     assert (run / "model_qat_int8_dynamic.onnx").stat().st_size < (run / "model_qat.onnx").stat().st_size
 

@@ -10,7 +10,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from helpers import ROOT, run_step, tiny_workspace, train_tiny
+from helpers import ROOT, run_step, run_steps, tiny_workspace, train_tiny
 
 PROB = ["pred_prob_negative", "pred_prob_positive"]
 ADDED = ["pred_status", "pred_label", "pred_score", *PROB]
@@ -20,8 +20,7 @@ def build_tiny_int8_run(tmp) -> dict:
     """A tiny BERT through train (1 epoch) -> export -> quantize; the workspace plus the run's folder."""
     w = tiny_workspace(tmp)
     train_tiny(w, "tiny", "--epochs", 1, "--max-train-samples", 300)
-    for script in ("export_to_onnx.py", "quantize_onnx_dynamic.py"):
-        run_step(script, "--run-name", "tiny", env=w["env"])
+    run_steps("tiny", "export_to_onnx.py", "quantize_onnx_dynamic.py", env=w["env"])
     texts = pd.read_csv(w["data"] / "train.csv")["text"].tolist()
     return {**w, "run": w["tmp"] / "models" / "tiny", "texts": texts}
 

@@ -20,7 +20,7 @@ from pathlib import Path
 import httpx
 import numpy as np
 import pytest
-from helpers import ROOT, run_step, tiny_workspace, train_tiny
+from helpers import ROOT, run_step, run_steps, tiny_workspace, train_tiny
 
 sys.path.insert(0, str(ROOT / "benchmarks"))
 import serve_load  # noqa: E402
@@ -36,8 +36,7 @@ def tiny_run(tmp_path_factory):
     """A tiny BERT through train (1 epoch) -> export -> quantize -> INT8 eval, outputs in a tmp folder."""
     w = tiny_workspace(tmp_path_factory.mktemp("serve"))
     train_tiny(w, "tiny", "--epochs", 1, "--max-train-samples", 300)
-    for script in ("export_to_onnx.py", "quantize_onnx_dynamic.py", "eval_onnx_int8_dynamic.py"):
-        run_step(script, "--run-name", "tiny", env=w["env"])
+    run_steps("tiny", "export_to_onnx.py", "quantize_onnx_dynamic.py", "eval_onnx_int8_dynamic.py", env=w["env"])
     run_step("eval_onnx_int8_dynamic.py", "--run-name", "tiny", "--per-text", env=w["env"])
     return {"tmp": w["tmp"], "env": w["env"], "run": w["tmp"] / "models" / "tiny",
             "results": w["tmp"] / "results" / "tiny", "texts": w["test_texts"]}
