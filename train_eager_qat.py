@@ -55,6 +55,9 @@ def parse_args():
     p.add_argument("--freeze-embeddings", action=argparse.BooleanOptionalAction, default=False,
                    help="keep the word embedding table as pretrained (not trained): faster steps and less memory "
                         "for large-vocabulary models")
+    p.add_argument("--class-weight", choices=("balanced", "none"), default="balanced",
+                   help="weight the loss of each label by n / (labels x its count) (sklearn's 'balanced'), so rare "
+                        "labels count as much as common ones, as macro-F1 (the checkpoint metric) counts them")
     p.add_argument("--group-by-length", action=argparse.BooleanOptionalAction, default=False,
                    help="batch texts of similar length together (less padding, faster steps; batches less random)")
     p.add_argument("--reduce-range", action=argparse.BooleanOptionalAction, default=None,
@@ -110,6 +113,33 @@ def compute_metrics(eval_pred):
     logits, labels = eval_pred
     preds = np.argmax(logits, axis=-1)
     return {"accuracy": accuracy_score(labels, preds), "f1_macro": f1_score(labels, preds, average="macro")}
+
+
+def class_weights(train_labels, label2id, mode):
+    """Per-label loss weights in label-id order (None: plain cross-entropy). 'balanced' weights average 1 over the
+    training rows, so the loss keeps its scale."""
+    if mode == "none":
+        return None
+    from sklearn.utils.class_weight import compute_class_weight
+
+    y = np.array([label2id[l] for l in train_labels])
+    return compute_class_weight("balanced", classes=np.arange(len(label2id)), y=y)
+
+
+def weighted_cross_entropy(weights):
+    """The Trainer's compute_loss_func: cross-entropy with per-label weights, summed and divided by the rows of the
+    (accumulated) batch as the Trainer's own loss is."""
+    import torch
+    import torch.nn.functional as F
+
+    w = torch.tensor(weights, dtype=torch.float32)
+
+    def loss(outputs, labels, num_items_in_batch=None):
+        logits = outputs["logits"]
+        total = F.cross_entropy(logits.float(), labels, weight=w.to(logits.device), reduction="sum")
+        return total / (num_items_in_batch if num_items_in_batch is not None else labels.numel())
+
+    return loss
 
 
 def load_pretrained(model_name, labels):
@@ -220,8 +250,12 @@ def main():
 
     ckpt_dir = rdir / ".checkpoints"
     training_args = training_arguments(args, ckpt_dir)
+    weights = class_weights(train.labels, label2id, args.class_weight)
+    if weights is not None:
+        print("loss weights: " + ", ".join(f"{l} {w:.2f}" for l, w in zip(labels, weights)))
     trainer = Trainer(model=model, args=training_args, train_dataset=train_ds, eval_dataset=val_ds,
-                      data_collator=collator, compute_metrics=compute_metrics)
+                      data_collator=collator, compute_metrics=compute_metrics,
+                      compute_loss_func=weighted_cross_entropy(weights) if weights is not None else None)
     try:
         trainer.train()
         val_metrics = trainer.evaluate()
@@ -243,7 +277,8 @@ def main():
             "labels": labels, "input_names": input_names, "qat": qcfg.qat, "seed": args.seed,
             "epochs": args.epochs, "lr": args.lr, "batch_size": args.batch_size, "n_train": len(train.texts),
             "init_from": args.init_from, "freeze_embeddings": args.freeze_embeddings,
-            "group_by_length": args.group_by_length,
+            "group_by_length": args.group_by_length, "class_weight": args.class_weight,
+            "loss_weights": None if weights is None else dict(zip(labels, map(float, weights))),
             "world_size": training_args.world_size,
             "val_accuracy": val_metrics["eval_accuracy"], "val_f1_macro": val_metrics["eval_f1_macro"],
         }

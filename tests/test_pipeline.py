@@ -95,6 +95,36 @@ def test_fixed_seed_reproduces_training(trained_run):
     assert all(torch.equal(states[0][k], states[1][k]) for k in states[0])
     info = json.loads((w["tmp"] / "models" / "repro-a" / "run_info.json").read_text())
     assert info["n_train"] == 200 and Path(info["data_dir"]).is_absolute()
+    # The same run without the default label weights must train differently: the weights reach the Trainer's loss.
+    assert info["class_weight"] == "balanced" and len(set(info["loss_weights"].values())) == 2
+    train_tiny(w, "unweighted", "--epochs", 1, "--max-train-samples", 200, "--class-weight", "none")
+    unweighted = torch.load(w["tmp"] / "models" / "unweighted" / "model_qat.pth", weights_only=True)
+    assert not all(torch.equal(states[0][k], unweighted[k]) for k in states[0])
+
+
+def test_balanced_loss_weights():
+    import numpy as np
+    import torch
+    import torch.nn.functional as F
+    from train_eager_qat import class_weights, weighted_cross_entropy
+
+    label2id = {"a": 0, "b": 1, "c": 2}
+    train_labels = ["a"] * 6 + ["b"] * 3 + ["c"]
+    w = class_weights(train_labels, label2id, "balanced")
+    np.testing.assert_allclose(w, [10 / 18, 10 / 9, 10 / 3])
+    assert np.mean([w[label2id[l]] for l in train_labels]) == pytest.approx(1.0)  # the loss keeps its scale
+    assert class_weights(train_labels, label2id, "none") is None
+
+    logits = torch.tensor([[2.0, 0.5, -1.0], [0.1, 0.2, 0.3], [-1.0, 1.0, 0.0], [0.0, 0.0, 3.0]])
+    labels = torch.tensor([0, 2, 1, 2])
+    ce = F.cross_entropy(logits, labels, reduction="none")
+    expected = (torch.tensor(w, dtype=torch.float32)[labels] * ce).sum() / 4
+    assert weighted_cross_entropy(w)({"logits": logits}, labels).item() == pytest.approx(expected.item())
+    # With gradient accumulation the Trainer passes the rows of all accumulated batches.
+    assert weighted_cross_entropy(w)({"logits": logits}, labels, num_items_in_batch=8).item() == \
+        pytest.approx(expected.item() / 2)
+    uniform = weighted_cross_entropy(np.ones(3))({"logits": logits}, labels)
+    assert uniform.item() == pytest.approx(F.cross_entropy(logits, labels).item())
 
 
 def test_help_for_every_step():
