@@ -28,7 +28,8 @@ from quant_sim import WEIGHT_TYPES, QuantConfig
 
 # Learning rate and epochs when not given. multilingual-e5-small (the default) starts with a random pooler and head
 # and learns slowly at BERT's usual 5e-5: on 2,000 SmSA rows (seed 0) 5e-5 x 1 epoch reached INT8 test macro-F1
-# 0.50, 1e-4 x 2 epochs 0.78 (measurements quoted in issue 8, Intel Xeon). Other models keep BERT's recipe.
+# 0.50, 1e-4 x 2 epochs 0.78 (measurements quoted in issue 8, Intel Xeon), and 0.81 with the class-balanced loss
+# (--class-weight, default for every model; README_DEPLOYMENT.md §3, AMD EPYC). Other models keep BERT's recipe.
 GENERIC_RECIPE = {"lr": 5e-5, "epochs": 3}
 RECIPES = {"default": {"lr": 1e-4, "epochs": 2}}
 

@@ -121,6 +121,15 @@ def summary(run: str, steps: list[dict], wall_s: float | None, setup_s: float | 
             "stages": stages, "pairs": pairs}
 
 
+def loss_description(train: dict) -> str:
+    """The training loss as run_info.json records it; runs made before --class-weight existed used plain
+    cross-entropy."""
+    weights = train.get("loss_weights")
+    if weights:
+        return "cross-entropy with label weights " + ", ".join(f"{l} {w:.2f}" for l, w in weights.items())
+    return "plain cross-entropy" + ("" if "class_weight" in train else " (run made before --class-weight existed)")
+
+
 def render(s: dict) -> str:
     cpu = s["cpu"]
     isa = ", ".join(f for f, on in cpu["flags"].items() if on) or "none of the tracked ones"
@@ -141,8 +150,8 @@ def render(s: dict) -> str:
          "## Training", "",
          f"Model `{t['model']}` ({t['model_source']}), {t['n_train']} training rows of {t['data_dir']}, "
          f"{t['epochs']:g} epoch(s) at lr {t['lr']:g}, batch {t['batch_size']}, max length {t['max_length']}, seed "
-         f"{t['seed']}, batches grouped by length: {bool(t.get('group_by_length'))}, embedding table frozen: "
-         f"{bool(t.get('freeze_embeddings'))}. Quantization: {q['weight_type']} weights, per channel "
+         f"{t['seed']}, loss {loss_description(t)}, batches grouped by length: {bool(t.get('group_by_length'))}, "
+         f"embedding table frozen: {bool(t.get('freeze_embeddings'))}. Quantization: {q['weight_type']} weights, per channel "
          f"{q['per_channel']}, reduce_range {q['reduce_range']} ({(q.get('chosen_for') or {}).get('rule', 'given')}). "
          f"Best epoch's validation accuracy {t['val_accuracy'] * 100:.2f}%, macro-F1 {t['val_f1_macro'] * 100:.2f}%.", "",
          "## Test split", "",

@@ -61,6 +61,8 @@ def test_markdown_states_cpu_command_and_tables(reported):
     f1 = s["stages"]["onnx_int8_dynamic_per_text"]["f1_macro"] * 100
     assert f"| INT8 ONNX (as served) | 1 | " in md and f"{f1:.2f}" in md
     assert md.count("| `eval_") == 5 and "onnx_int8_dynamic_per_text vs eager_qat_per_text" in md
+    weights = s["training"]["loss_weights"]
+    assert "loss cross-entropy with label weights " + ", ".join(f"{l} {w:.2f}" for l, w in weights.items()) in md
 
 
 def test_no_run_reports_the_same_run_without_times(reported):
