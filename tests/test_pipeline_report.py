@@ -76,3 +76,21 @@ def test_no_run_reports_the_same_run_without_times(reported):
     assert again["steps"] == [] and again["wall_seconds"] is None
     md = (out / "pipeline_pr.md").read_text()
     assert "step times and memory not measured" in md and "## Step times" not in md
+
+
+def test_rerender_keeps_what_the_run_measured(reported):
+    out = reported["tmp"] / "rerendered"
+    out.mkdir()
+    old = dict(reported["json"], stages={})  # a report written by older code: the rewrite recomputes the scores
+    (out / "pipeline_pr.json").write_text(json.dumps(old))
+    proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "pipeline_report.py"), "--rerender",
+                           "--run-name", "pr", "--out-dir", str(out)], cwd=ROOT, env=reported["env"],
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    new = json.loads((out / "pipeline_pr.json").read_text())
+    assert new == reported["json"]
+    assert (out / "pipeline_pr.md").read_text() == reported["md"]
+    missing = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "pipeline_report.py"), "--rerender",
+                              "--run-name", "pr", "--out-dir", str(reported["tmp"] / "none")], cwd=ROOT,
+                             env=reported["env"], capture_output=True, text=True, timeout=600)
+    assert missing.returncode != 0 and "no report" in missing.stderr
