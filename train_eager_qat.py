@@ -117,10 +117,10 @@ def compute_metrics(eval_pred):
 
 
 def class_weights(train_labels, label2id, mode):
-    """Per-label loss weights in label-id order (None: plain cross-entropy). 'balanced' weights average 1 over the
-    training rows, so the loss keeps its scale."""
+    """Per-label loss weights in label-id order: all 1 for 'none' (plain cross-entropy); 'balanced' weights average 1
+    over the training rows, so the loss keeps its scale."""
     if mode == "none":
-        return None
+        return np.ones(len(label2id))
     from sklearn.utils.class_weight import compute_class_weight
 
     y = np.array([label2id[l] for l in train_labels])
@@ -129,7 +129,10 @@ def class_weights(train_labels, label2id, mode):
 
 def weighted_cross_entropy(weights):
     """The Trainer's compute_loss_func: cross-entropy with per-label weights, summed and divided by the rows of the
-    (accumulated) batch as the Trainer's own loss is."""
+    whole accumulated (and, under torchrun, all-process) batch, which the Trainer then neither divides by the
+    accumulation steps nor averages over processes. Used with all-1 weights too: the model's own loss is a
+    per-micro-batch mean, which the Trainer would mis-scale under gradient accumulation and torchrun (transformers
+    5.x). In evaluation the same function gives the weighted eval_loss (the best epoch is chosen by macro-F1)."""
     import torch
     import torch.nn.functional as F
 
@@ -252,11 +255,11 @@ def main():
     ckpt_dir = rdir / ".checkpoints"
     training_args = training_arguments(args, ckpt_dir)
     weights = class_weights(train.labels, label2id, args.class_weight)
-    if weights is not None:
-        print("loss weights: " + ", ".join(f"{l} {w:.2f}" for l, w in zip(labels, weights)))
+    print(f"loss: cross-entropy, label weights ({args.class_weight}) "
+          + ", ".join(f"{l} {w:.2f}" for l, w in zip(labels, weights)))
     trainer = Trainer(model=model, args=training_args, train_dataset=train_ds, eval_dataset=val_ds,
                       data_collator=collator, compute_metrics=compute_metrics,
-                      compute_loss_func=weighted_cross_entropy(weights) if weights is not None else None)
+                      compute_loss_func=weighted_cross_entropy(weights))
     try:
         trainer.train()
         val_metrics = trainer.evaluate()
@@ -279,7 +282,7 @@ def main():
             "epochs": args.epochs, "lr": args.lr, "batch_size": args.batch_size, "n_train": len(train.texts),
             "init_from": args.init_from, "freeze_embeddings": args.freeze_embeddings,
             "group_by_length": args.group_by_length, "class_weight": args.class_weight,
-            "loss_weights": None if weights is None else dict(zip(labels, map(float, weights))),
+            "loss_weights": dict(zip(labels, map(float, weights))),
             "world_size": training_args.world_size,
             "val_accuracy": val_metrics["eval_accuracy"], "val_f1_macro": val_metrics["eval_f1_macro"],
         }

@@ -132,15 +132,20 @@ def measured_part(report: Path) -> dict:
     if not report.is_file():
         raise SystemExit(f"error: no report {report} to rerender: run the pipeline through this script first")
     old = json.loads(report.read_text())
-    return {k: old[k] for k in ("date", "cpu", "cores", "command", "wall_seconds", "setup_seconds", "peak_rss_mb",
-                                "steps")}
+    return {k: old.get(k) for k in ("date", "cpu", "cores", "command", "wall_seconds", "setup_seconds", "peak_rss_mb",
+                                    "steps")}
+
+
+def rewritten(s: dict) -> str:
+    r = s.get("rerendered")
+    return f" (this text rewritten {r['date']} with `--rerender`; times as measured)" if r else ""
 
 
 def loss_description(train: dict) -> str:
     """The training loss as run_info.json records it; runs made before --class-weight existed used plain
     cross-entropy."""
     weights = train.get("loss_weights")
-    if weights:
+    if train.get("class_weight") == "balanced":
         return "cross-entropy with label weights " + ", ".join(f"{l} {w:.2f}" for l, w in weights.items())
     return "plain cross-entropy" + ("" if train.get("class_weight") else " (run made before --class-weight existed)")
 
@@ -161,7 +166,8 @@ def render(s: dict) -> str:
                f"before the first step (creating .venv and installing, when needed); the largest step peaked at "
                f"{s['peak_rss_mb']:,.0f} MB resident.")
     L = [f"# Pipeline run `{s['run']}`", "",
-         f"{ran} Every number below is read from the run's files by `benchmarks/pipeline_report.py`.", "",
+         f"{ran} Every number below is read from the run's files by `benchmarks/pipeline_report.py`"
+         f"{rewritten(s)}.", "",
          "## Training", "",
          f"Model `{t['model']}` ({t['model_source']}), {t['n_train']} training rows of {t['data_dir']}, "
          f"{t['epochs']:g} epoch(s) at lr {t['lr']:g}, batch {t['batch_size']}, max length {t['max_length']}, seed "
@@ -203,7 +209,8 @@ def main():
         peak_mb = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
     s = summary(run, steps, wall_s, setup_s, peak_mb)
     if args.rerender:
-        s.update(measured_part(out / f"pipeline_{run}.json"))
+        s.update(measured_part(out / f"pipeline_{run}.json"),
+                 rerendered={"date": datetime.date.today().isoformat(), "args": sys.argv[1:]})
     (out / f"pipeline_{run}.json").write_text(json.dumps(s, indent=2))
     (out / f"pipeline_{run}.md").write_text(render(s))
     print(render(s))

@@ -95,12 +95,14 @@ def test_options_reach_the_training_runs(smoke):
     assert not run_info(smoke["work"], "fp32long-s7")["qat"] and run_info(smoke["work"], "qat-s7")["qat"]
     assert run_info(smoke["work"], "qatft-s7")["init_from"] == "fp32-s7"
     assert all(run_info(smoke["work"], run.format(seed=7))["group_by_length"] for run, _ in ARMS.values())
+    assert all(run_info(smoke["work"], run.format(seed=7))["class_weight"] == "balanced" for run, _ in ARMS.values())
 
 
 def test_report_generated_and_reading_kept(smoke):
     out = smoke["out"]
     md = (out / "ptq_vs_qat.md").read_text()
     assert "Mean ± std" in md and "trained as long as FP32 + QAT-ft" in md and "top-2 logit margin" in md
+    assert "max length 24, class-balanced cross-entropy" in md
     assert "[ptq_vs_qat_reading.md](ptq_vs_qat_reading.md)" in md
     assert (out / "ptq_vs_qat_reading.md").read_text() == READING
     assert [s["setting"] for s in smoke["report"]["settings"]] == ["int8-per-tensor", "int8-per-channel"]
@@ -133,6 +135,7 @@ def test_report_without_the_finetune_arms(smoke, tmp_path):
     ptq_vs_qat.write_report(rows, [], args, info, tmp_path, 60.0)
     md = (tmp_path / "ptq_vs_qat.md").read_text()
     assert "not run (--skip-finetune)" in md and "QAT INT8 (from pretrained)" in md and "| 7 | PTQ INT8 |" in md
+    assert "max length 64, class-balanced cross-entropy" in md  # the defaults that parse_args gave
     assert "fine-tune of FP32" not in md and "trained as long as" not in md and "epochs |" not in md
     assert "except the equal-budget PTQ row" not in md
     assert json.loads((tmp_path / "ptq_vs_qat.json").read_text())["per_seed"] == rows

@@ -88,8 +88,10 @@ def test_rerender_keeps_what_the_run_measured(reported):
                           capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-2000:]
     new = json.loads((out / "pipeline_pr.json").read_text())
-    assert new == reported["json"]
-    assert (out / "pipeline_pr.md").read_text() == reported["md"]
+    assert new.pop("rerendered")["args"][0] == "--rerender" and new == reported["json"]
+    md = (out / "pipeline_pr.md").read_text()
+    assert "rewritten" in md and "rewritten" not in reported["md"]
+    assert md.split("## Training")[1] == reported["md"].split("## Training")[1]
     missing = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "pipeline_report.py"), "--rerender",
                               "--run-name", "pr", "--out-dir", str(reported["tmp"] / "none")], cwd=ROOT,
                              env=reported["env"], capture_output=True, text=True, timeout=600)
