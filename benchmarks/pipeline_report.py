@@ -144,9 +144,8 @@ def rewritten(s: dict) -> str:
 def loss_description(train: dict) -> str:
     """The training loss as run_info.json records it; runs made before --class-weight existed used plain
     cross-entropy."""
-    weights = train.get("loss_weights")
     if train.get("class_weight") == "balanced":
-        return "cross-entropy with label weights " + ", ".join(f"{l} {w:.2f}" for l, w in weights.items())
+        return "cross-entropy with label weights " + ", ".join(f"{l} {w:.2f}" for l, w in train["loss_weights"].items())
     return "plain cross-entropy" + ("" if train.get("class_weight") else " (run made before --class-weight existed)")
 
 

@@ -28,9 +28,10 @@ def smoke(tmp_path_factory):
     out = tmp / "reports"
     out.mkdir()
     (out / "ptq_vs_qat_reading.md").write_text(READING)
-    # --max-length and --seeds given explicitly: the smoke mode must pass them on, not replace them
+    # --max-length, --seeds and the non-default flags given explicitly: the smoke mode must pass them on
     proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "ptq_vs_qat.py"), "--smoke", "--max-length", "24",
-                           "--seeds", "7", "--group-by-length", "--out-dir", str(out), "--work-dir", str(tmp / "work")],
+                           "--seeds", "7", "--group-by-length", "--class-weight", "none", "--out-dir", str(out),
+                           "--work-dir", str(tmp / "work")],
                           capture_output=True, text=True, timeout=3600)  # a hang guard: ~7 CPU-minutes of steps
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
     work = tmp / "work"
@@ -95,14 +96,14 @@ def test_options_reach_the_training_runs(smoke):
     assert not run_info(smoke["work"], "fp32long-s7")["qat"] and run_info(smoke["work"], "qat-s7")["qat"]
     assert run_info(smoke["work"], "qatft-s7")["init_from"] == "fp32-s7"
     assert all(run_info(smoke["work"], run.format(seed=7))["group_by_length"] for run, _ in ARMS.values())
-    assert all(run_info(smoke["work"], run.format(seed=7))["class_weight"] == "balanced" for run, _ in ARMS.values())
+    assert all(run_info(smoke["work"], run.format(seed=7))["class_weight"] == "none" for run, _ in ARMS.values())
 
 
 def test_report_generated_and_reading_kept(smoke):
     out = smoke["out"]
     md = (out / "ptq_vs_qat.md").read_text()
     assert "Mean ± std" in md and "trained as long as FP32 + QAT-ft" in md and "top-2 logit margin" in md
-    assert "max length 24, class-balanced cross-entropy" in md
+    assert "max length 24, plain cross-entropy" in md
     assert "[ptq_vs_qat_reading.md](ptq_vs_qat_reading.md)" in md
     assert (out / "ptq_vs_qat_reading.md").read_text() == READING
     assert [s["setting"] for s in smoke["report"]["settings"]] == ["int8-per-tensor", "int8-per-channel"]
