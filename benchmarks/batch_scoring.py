@@ -1,7 +1,7 @@
 """Throughput and memory of scoring whole files: predict.py (1 and 2 workers, batched), the Spark engine in local
 mode, and a plain one-process Predictor(per_text=True) loop, on SmSA texts repeated to --rows rows.
 
-    python benchmarks/batch_scoring.py --run-name minilm-batchbench          # 100,000 rows; writes the report
+    python benchmarks/batch_scoring.py --run-name RUN                        # 100,000 rows; writes the report
     python benchmarks/batch_scoring.py --smoke --run-name tiny --skip-spark  # seconds, numbers meaningless
 
 Every configuration runs as its own process, timed end to end (start, model load and Spark start included),
@@ -44,6 +44,9 @@ def parse_args(argv=None):
     p.add_argument("--chunk-rows", type=int, default=1000)
     p.add_argument("--batch-size", type=int, default=32, help="of the batched predict.py configuration")
     p.add_argument("--skip-spark", action="store_true")
+    p.add_argument("--plain-loop-small", action="store_true",
+                   help="time the plain loop on --small-rows rows only: its rate is steady (one process, one text at "
+                        "a time), and at 100,000 rows it is the longest configuration on a slow CPU")
     p.add_argument("--smoke", action="store_true", help="a few hundred rows, for the tests; numbers meaningless")
     p.add_argument("--out-dir", default=None, help=f"default {DEFAULT_REPORT_DIR} (smoke: the work dir)")
     p.add_argument("--work-dir", default=None, help="input and output files (default: a temporary folder)")
@@ -195,12 +198,13 @@ def write_report(out_dir: Path, meta: dict, results: list[dict], memory: list[di
              "- rows/s: rows / wall time of the whole command (process start, model load and Spark start included); "
              "peak RSS: summed over the process tree (workers, JVM, Spark's Python workers), sampled every 0.2 s",
              "", "## Throughput", "",
-             "| configuration | deterministic per text | wall s | rows/s end to end | vs plain loop | "
+             "| configuration | deterministic per text | rows | wall s | rows/s end to end | vs plain loop | "
              "rows/s after start-up | vs plain loop | peak RSS MB |",
-             "|---|:---:|---:|---:|---:|---:|---:|---:|"]
+             "|---|:---:|---:|---:|---:|---:|---:|---:|---:|"]
     plain = next(r for r in results if r["name"] == "plain loop")
     for r in results:
-        lines.append(f"| {r['name']} (`{r['cmd']}`) | {'yes' if r['per_text'] else 'no'} | {r['wall_s']:.1f} | "
+        lines.append(f"| {r['name']} (`{r['cmd']}`) | {'yes' if r['per_text'] else 'no'} | {r['rows']:,} | "
+                     f"{r['wall_s']:.1f} | "
                      f"{r['rows_per_s']:.1f} | {r['rows_per_s'] / plain['rows_per_s']:.2f}x | "
                      f"{r['tool_rows_per_s'] or 0:.1f} | "
                      f"{fmt_ratio(ratio(r['tool_rows_per_s'], plain['tool_rows_per_s']))} | {r['peak_rss_mb']:.0f} |")
@@ -312,8 +316,9 @@ def main(argv=None):
         return r
 
     loop_cmd = [sys.executable, str(Path(__file__).resolve()), "--run-name", args.run_name, "--plain-loop"]
-    results.append(measure("plain loop", "python", True, loop_cmd + [str(big), str(work / "plain.csv")], args.rows,
-                           "Predictor(run, per_text=True).predict per 1000 texts"))
+    loop_rows, loop_src = (args.small_rows, small) if args.plain_loop_small else (args.rows, big)
+    results.append(measure("plain loop", "python", True, loop_cmd + [str(loop_src), str(work / "plain.csv")],
+                           loop_rows, "Predictor(run, per_text=True).predict per 1000 texts"))
     for name, engine, per_text, extra, both_sizes in configs:
         for rows, src in ((args.small_rows, small), (args.rows, big))[0 if both_sizes else 1:]:
             out = work / f"out-{len(results)}-{rows}.csv"

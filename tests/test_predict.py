@@ -227,12 +227,14 @@ def test_bad_input_gets_one_line_error(tiny, csv_input, tmp_path, case, match):
 def test_batch_scoring_benchmark_smoke(tiny, tmp_path):
     """benchmarks/batch_scoring.py --smoke end to end (without Spark), so the benchmark never rots."""
     proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "batch_scoring.py"), "--smoke", "--run-name",
-                           "tiny", "--skip-spark", "--work-dir", str(tmp_path), "--out-dir", str(tmp_path)],
-                          capture_output=True, text=True, env=tiny["env"], cwd=ROOT, timeout=1800)
+                           "tiny", "--skip-spark", "--plain-loop-small", "--work-dir", str(tmp_path), "--out-dir",
+                           str(tmp_path)], capture_output=True, text=True, env=tiny["env"], cwd=ROOT, timeout=1800)
     assert proc.returncode == 0, f"{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
     data = json.loads((tmp_path / "batch_scoring.json").read_text())
     names = [r["name"] for r in data["results"]]
     assert names[0] == "plain loop" and len(names) == 4
+    assert [r["rows"] for r in data["results"]] == [200, 600, 600, 600]  # --plain-loop-small: the loop on 200 rows
+    assert (tmp_path / "plain.csv").read_text().count("\n") == 201
     assert all(r["rows_per_s"] > 0 and r["peak_rss_mb"] > 0 and r["tool_rows_per_s"] for r in data["results"])
     assert {(m["name"], m["rows"]) for m in data["memory"]} >= {("predict.py, 1 worker", 200),
                                                                  ("predict.py, 1 worker", 600)}
