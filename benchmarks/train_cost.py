@@ -214,8 +214,9 @@ def main(argv=None):
     import os
 
     from common import cpu_info
+    from speed import cpu_snapshot, other_cores  # the same measure of other processes as speed.py
 
-    t0 = time.perf_counter()
+    t0, snap = time.perf_counter(), cpu_snapshot()
     load0 = os.getloadavg()[0]
     if args.smoke:
         smoke_setup(args, ROOT / "benchmarks" / ".cache" / "train_cost_smoke")
@@ -230,14 +231,16 @@ def main(argv=None):
             sys.exit(f"variant {v} failed:\n{proc.stderr[-3000:]}")
         results[v] = json.loads(proc.stdout.strip().splitlines()[-1])
         print(f"{v}: {json.dumps({k: x for k, x in results[v].items() if not isinstance(x, list)})}", flush=True)
-    load1 = os.getloadavg()[0]
+    load1, others = os.getloadavg()[0], other_cores(snap)
     meta = {"model": args.model, "date": datetime.date.today().isoformat(), "cpu": cpu_info(), "smoke": args.smoke,
             "argv": sys.argv[1:] if argv is None else argv, "batch_size": args.batch_size, "max_length": args.max_length,
             "steps": args.steps, "wall_s": time.perf_counter() - t0, "loadavg_start_end": [load0, load1],
-            "load_note": (f"Load average {load0:.1f} at the start and {load1:.1f} at the end on {os.cpu_count()} cores: "
-                          f"other work shared the CPU and the load changed during the run, so both the absolute times and the ratios "
-                          f"between variants (measured one after the other) carry that change: rerun on an idle machine."
-                          if max(load0, load1) > 0.5 else "")}
+            "other_cores": others,
+            "load_note": f"CPU used by other processes while this benchmark ran: {others:.2f} cores on average (system "
+                         f"busy time minus this benchmark's processes, over the wall time; load average {load0:.1f} at "
+                         f"the start, {load1:.1f} at the end on {os.cpu_count()} cores, this benchmark included)."
+                         + (" Other work shared the CPU, so the absolute times and the ratios between variants "
+                            "(measured one after the other) carry it: rerun on an idle machine." if others > 0.2 else "")}
     path = write_report(results, meta, Path(args.out_dir))
     print(path.read_text())
 
