@@ -141,3 +141,31 @@ def test_report_without_the_finetune_arms(smoke, tmp_path):
     assert "except the equal-budget PTQ row" not in md
     assert json.loads((tmp_path / "ptq_vs_qat.json").read_text())["per_seed"] == rows
     assert (tmp_path / "ptq_vs_qat.png").stat().st_size > 1000
+
+
+def test_report_without_qat_from_pretrained(smoke, tmp_path):
+    """--skip-from-pretrained rows (FP32, PTQ, the QAT fine-tune and its control) give a report of those arms under
+    --report-name, saying QAT from pretrained did not run, and linking that name's reading only."""
+    import ptq_vs_qat
+
+    rows = [{k: v for k, v in r.items() if k != "qat"} for r in smoke["report"]["per_seed"]]
+    args = ptq_vs_qat.parse_args(["--skip-from-pretrained", "--skip-settings", "--report-name", "ft"])
+    info = {"data": "d", "n_test": len(smoke["test"]), "model_source": "m",
+            "test_label_shares": smoke["report"]["test_label_shares"]}
+    (tmp_path / "ptq_vs_qat_reading.md").write_text(READING)  # another report's reading: not linked
+    ptq_vs_qat.write_report(rows, [], args, info, tmp_path, 60.0)
+    md = (tmp_path / "ft.md").read_text()
+    assert "QAT from the pretrained model: not run (--skip-from-pretrained)" in md
+    assert "QAT INT8 (from pretrained)" not in md and "| 7 | QAT INT8 (fine-tune of FP32) |" in md
+    assert "![chart](ft.png)" in md and "reading" not in md.split("![chart]")[1]
+    assert not (tmp_path / "ptq_vs_qat.md").exists() and (tmp_path / "ft.png").stat().st_size > 1000
+    assert json.loads((tmp_path / "ft.json").read_text())["per_seed"] == rows
+
+
+@pytest.mark.parametrize("flags", [["--skip-from-pretrained", "--skip-finetune", "--skip-settings"],
+                                   ["--skip-from-pretrained"]])
+def test_skip_from_pretrained_refuses_what_it_cannot_run(flags):
+    import ptq_vs_qat
+
+    with pytest.raises(SystemExit):
+        ptq_vs_qat.parse_args(flags)
