@@ -27,7 +27,9 @@ With optimize_graph (onnxruntime.transformers.optimizer fusions before quantizat
 Weight ranges are float32 min/max (exact), the scale arithmetic float64 and the scale stored as float32, as ORT
 does; activations are quantized in float32 as the C++ kernel does; the integer GEMM is exact (int_matmul).
 Gradients are straight-through; scales are not trained. Cost: evaluation quantizes each weight once (cached while
-it does not change), training once per forward; embedding tables are quantized only in the rows a batch gathers.
+it does not change), training once per forward; embedding tables are quantized only in the rows a batch gathers;
+each rounding is one autograd node computed in place, and the exactness check of the integer GEMM needs no pass over
+the activations when a bound on them settles it (benchmarks/train_cost.py measures the step against FP32).
 
 Verified against onnxruntime 1.32.0 (and only that version): the tests in tests/test_quant_sim.py, and the
 whole-model agreement in README_DEPLOYMENT.md. requirements.txt bounds onnxruntime to 1.32.x; another version
@@ -37,6 +39,7 @@ may quantize differently, which quantize_onnx_dynamic.py's fidelity gate detects
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import asdict, dataclass, field
 
 import torch
@@ -93,17 +96,41 @@ def _round_half_even(x: torch.Tensor) -> torch.Tensor:
     return torch.round(x)  # torch.round rounds half to even, like std::nearbyint and numpy.round
 
 
-def _ste(x: torch.Tensor, x_rounded: torch.Tensor) -> torch.Tensor:
-    """Value of x_rounded, gradient of x (straight-through estimator)."""
-    return x + (x_rounded - x).detach()
+class _RoundStraightThrough(torch.autograd.Function):
+    """clamp(round(x / scale), lo, hi) in the forward; the gradient of x / scale in the backward (straight through the
+    rounding and the clip). One autograd node and in-place maths: as few passes over x as the result allows."""
+
+    @staticmethod
+    def forward(ctx, x, scale, lo, hi):
+        ctx.save_for_backward(scale)
+        return torch.div(x, scale).round_().clamp_(lo, hi)
+
+    @staticmethod
+    def backward(ctx, grad):
+        (scale,) = ctx.saved_tensors
+        return grad / scale, None, None, None
+
+
+def round_to_grid(x: torch.Tensor, scale: torch.Tensor, zero_point: torch.Tensor, lo, hi) -> torch.Tensor:
+    """(q - zero_point) for q = clamp(round_half_even(x / scale) + zero_point, lo, hi), ORT's QuantizeLinear and
+    quantize_nparray; with the straight-through gradient of x / scale when x needs one. Computed as
+    clamp(round(x / scale), lo - zero_point, hi - zero_point): the same numbers, since every term is an integer far
+    below 2**24 (|x / scale| <= 255 when the scale comes from x's range). scale and zero_point broadcast against x."""
+    lo, hi = lo - zero_point, hi - zero_point
+    if zero_point.numel() == 1:  # clamp with number bounds is several times faster than with tensor bounds
+        lo, hi = float(lo), float(hi)
+    if torch.is_grad_enabled() and x.requires_grad:
+        return _RoundStraightThrough.apply(x, scale, lo, hi)
+    with torch.no_grad():
+        return torch.div(x, scale).round_().clamp_(lo, hi)
 
 
 def dynamic_activation_qparams(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Scale and zero point of DynamicQuantizeLinear (uint8), computed in float32 like the ORT kernel."""
     with torch.no_grad():
-        x = x.detach().float()
-        x_min = torch.clamp(x.min(), max=0.0)
-        x_max = torch.clamp(x.max(), min=0.0)
+        x_min, x_max = torch.aminmax(x.detach().float())
+        x_min = torch.clamp(x_min, max=0.0)
+        x_max = torch.clamp(x_max, min=0.0)
         scale = (x_max - x_min) / 255.0
         if scale == 0:
             scale = torch.ones_like(scale)
@@ -114,9 +141,7 @@ def dynamic_activation_qparams(x: torch.Tensor) -> tuple[torch.Tensor, torch.Ten
 def fake_quant_activation_int(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """(q - zero_point) of DynamicQuantizeLinear, with x's gradient (divided by scale), and the scale."""
     scale, zero_point = dynamic_activation_qparams(x)
-    x_div = x / scale
-    q = torch.clamp(_round_half_even(x_div) + zero_point, 0.0, 255.0) - zero_point
-    return _ste(x_div, q), scale
+    return round_to_grid(x, scale, zero_point, 0.0, 255.0), scale
 
 
 def tensor_range(w: torch.Tensor, per_channel: bool) -> tuple[torch.Tensor, torch.Tensor]:
@@ -171,20 +196,11 @@ def weight_qparams(
 
 
 def quantize_int(w: torch.Tensor, scale: torch.Tensor, zero_point: torch.Tensor, lo: float, hi: float) -> torch.Tensor:
-    """(q - zero_point) of quantize_nparray: (w.astype(float32) / scale).round() + zero_point, clipped; no gradient.
-    scale and zero_point broadcast over dim 0 (per channel) or are one value."""
-    with torch.no_grad():
-        shape = (-1,) + (1,) * (w.dim() - 1)
-        s, zp = scale.reshape(shape), zero_point.reshape(shape)
-        return torch.clamp(_round_half_even(w.detach() / s) + zp, lo, hi) - zp
-
-
-def _with_ste(w: torch.Tensor, q: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
-    """q's value, with the straight-through gradient of w / scale (none when w needs none)."""
-    if not (torch.is_grad_enabled() and w.requires_grad):
-        return q
-    s = scale.reshape((-1,) + (1,) * (w.dim() - 1))
-    return q + (w - w.detach()) / s  # w - w.detach() is exactly 0: the value stays q
+    """(q - zero_point) of quantize_nparray: (w.astype(float32) / scale).round() + zero_point, clipped; with w's
+    straight-through gradient (divided by scale) when w needs one. scale and zero_point broadcast over dim 0
+    (per channel) or are one value."""
+    shape = (-1,) + (1,) * (w.dim() - 1)
+    return round_to_grid(w, scale.reshape(shape), zero_point.reshape(shape), lo, hi)
 
 
 def fake_quant_weight_int(w: torch.Tensor, cfg: QuantConfig, packed: torch.Tensor | None = None):
@@ -193,7 +209,7 @@ def fake_quant_weight_int(w: torch.Tensor, cfg: QuantConfig, packed: torch.Tenso
     per-tensor scale."""
     range_source = w if packed is None or cfg.per_channel else packed
     scale, zero_point, lo, hi = weight_qparams(range_source, cfg.weight_type, cfg.per_channel, cfg.reduce_range)
-    return _with_ste(w, quantize_int(w, scale, zero_point, lo, hi), scale), scale
+    return quantize_int(w, scale, zero_point, lo, hi), scale
 
 
 def table_qparams(w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, float, float]:
@@ -205,8 +221,7 @@ def table_qparams(w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, float, f
 def fake_quant_rows(rows: torch.Tensor, scale: torch.Tensor, zero_point: torch.Tensor, lo: float, hi: float):
     """Dequantized values of rows quantized with a table's (scalar) parameters, straight-through gradient.
     Quantization is elementwise, so quantizing the gathered rows equals gathering from the quantized table."""
-    q = quantize_int(rows.reshape(-1), scale, zero_point, lo, hi).reshape(rows.shape)
-    return _with_ste(rows, q, scale) * scale
+    return quantize_int(rows.reshape(-1), scale, zero_point, lo, hi).reshape(rows.shape) * scale
 
 
 def fake_quant_embedding_table(w: torch.Tensor) -> torch.Tensor:
@@ -218,15 +233,22 @@ def fake_quant_embedding_table(w: torch.Tensor) -> torch.Tensor:
 INT_GEMM_EXACT = float(2**24)  # float32 represents every integer up to 2**24 exactly
 
 
-def int_matmul(x_int: torch.Tensor, w_int: torch.Tensor) -> torch.Tensor:
+def int_matmul(x_int: torch.Tensor, w_int: torch.Tensor, x_absmax: float | None = None,
+               w_norm: float | None = None) -> torch.Tensor:
     """x_int @ w_int.T of integer-valued float32 tensors, equal to MatMulInteger's int32 result converted to float32
     (round to nearest even), whatever the width. A float32 GEMM is exact when every partial sum stays below 2**24;
     by Cauchy-Schwarz every partial sum of row i and output j is at most ||x_i|| * ||w_j||, so when the largest
     norms keep that below 2**24 one GEMM is exact in any summation order. Otherwise w = 16 * w_hi + w_lo splits it
     into two GEMMs of smaller terms (each checked the same way, float64 as the last resort); the sum of the two exact
-    results is rounded once, as the int32 -> float32 conversion is."""
+    results is rounded once, as the int32 -> float32 conversion is.
+    x_absmax: a bound on |x_int| known to the caller (q - zero_point of uint8 lies in [-255, 255]): then
+    ||x_i|| <= x_absmax * sqrt(width) settles most calls without a pass over x. w_norm: _max_row_norm(w_int) when
+    already known (QuantLinear's cache)."""
+    w_norm = _max_row_norm(w_int) if w_norm is None else w_norm
+    if x_absmax is not None and x_absmax * math.sqrt(x_int.shape[-1]) * (1 + 1e-4) * w_norm < INT_GEMM_EXACT:
+        return F.linear(x_int, w_int)
     x_norm = _max_row_norm(x_int)
-    if x_norm * _max_row_norm(w_int) < INT_GEMM_EXACT:
+    if x_norm * w_norm < INT_GEMM_EXACT:
         return F.linear(x_int, w_int)
     w_hi = torch.div(w_int.detach(), 16, rounding_mode="floor")
     w_lo = w_int - 16 * w_hi  # carries w_int's gradient; w_hi is a constant
@@ -243,17 +265,21 @@ def _max_row_norm(t: torch.Tensor) -> float:
         return float(torch.linalg.vector_norm(t.detach(), dim=-1).max()) * (1 + 1e-4)
 
 
+UINT8_CENTERED_ABSMAX = 255.0  # |q - zero_point| for q and zero_point in [0, 255]
+
+
 def quantized_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, cfg: QuantConfig,
                      packed: torch.Tensor | None = None, w_int: torch.Tensor | None = None,
-                     w_scale: torch.Tensor | None = None):
+                     w_scale: torch.Tensor | None = None, w_norm: float | None = None):
     """MatMulInteger(DynamicQuantizeLinear(x), W_q) * (a_scale * w_scale) + bias, with ORT's int32 accumulation
-    reproduced exactly (int_matmul). w_int, w_scale: the weight's quantization when already known (QuantLinear's
-    cache)."""
+    reproduced exactly (int_matmul). w_int, w_scale, w_norm: the weight's quantization (and the largest norm of its
+    rows) when already known (QuantLinear's cache)."""
     x_int, x_scale = fake_quant_activation_int(x)
     if w_int is None:
         w_int, w_scale = fake_quant_weight_int(weight, cfg, packed)
-    y = int_matmul(x_int, w_int) * (x_scale * w_scale)
-    return y if bias is None else y + bias
+    # in place: the GEMM's backward needs its inputs, not its output, and a fresh large tensor costs page faults
+    y = int_matmul(x_int, w_int, UINT8_CENTERED_ABSMAX, w_norm).mul_(x_scale * w_scale)
+    return y if bias is None else y.add_(bias)
 
 
 def _version_key(t: torch.Tensor) -> tuple:
@@ -306,8 +332,7 @@ class QuantLinear(_QuantModule, nn.Linear):
     def _quantized_weight(self):
         cfg = self.quant_config
         group = self.packed_with if self.packed_with and not cfg.per_channel else (self,)
-        q, scale = _memo(self, "_weight_cache", tuple(m.weight for m in group), lambda: self._quantize_weight(group))
-        return _with_ste(self.weight, q, scale), scale
+        return _memo(self, "_weight_cache", tuple(m.weight for m in group), lambda: self._quantize_weight(group))
 
     def _quantize_weight(self, group):
         cfg = self.quant_config
@@ -315,12 +340,17 @@ class QuantLinear(_QuantModule, nn.Linear):
         rmin = torch.stack([r[0] for r in ranges]).amin(dim=0)
         rmax = torch.stack([r[1] for r in ranges]).amax(dim=0)
         scale, zero_point, lo, hi = qparams_from_range(rmin, rmax, cfg.weight_type, cfg.reduce_range)
-        with torch.inference_mode(False):  # a cache made under inference_mode could not be used in training
-            return quantize_int(self.weight, scale, zero_point, lo, hi), scale
+        if torch.is_grad_enabled():  # training: q carries the weight's straight-through gradient
+            q = quantize_int(self.weight, scale, zero_point, lo, hi)
+        else:  # a cache made under inference_mode could not be used in training; inference_mode(False) enables grad
+            with torch.inference_mode(False), torch.no_grad():
+                q = quantize_int(self.weight, scale, zero_point, lo, hi)
+        return q, scale, _max_row_norm(q)
 
     def forward(self, x):
-        w_int, w_scale = self._quantized_weight()
-        return quantized_linear(x, self.weight, self.bias, self.quant_config, w_int=w_int, w_scale=w_scale)
+        w_int, w_scale, w_norm = self._quantized_weight()
+        return quantized_linear(x, self.weight, self.bias, self.quant_config, w_int=w_int, w_scale=w_scale,
+                                w_norm=w_norm)
 
 
 class QuantEmbedding(_QuantModule, nn.Embedding):
