@@ -1,5 +1,6 @@
 """A tiny randomly initialised BERT with a WordPiece vocabulary made on the fly from the training texts."""
 
+import json
 from pathlib import Path
 
 SPECIAL = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
@@ -38,12 +39,25 @@ def make_tiny_xlmr(folder: Path, texts, vocab_size: int = 400, hidden: int = 32,
 
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    tok = Tokenizer(models.Unigram())
-    tok.normalizer = normalizers.Sequence([normalizers.NFKC(), normalizers.Lowercase()])
-    tok.pre_tokenizer = pre_tokenizers.Metaspace()
-    tok.decoder = decoders.Metaspace()
-    tok.train_from_iterator(texts, trainers.UnigramTrainer(vocab_size=vocab_size, special_tokens=XLMR_SPECIAL,
-                                                           unk_token="<unk>"))
+
+    def with_pipeline(tok):
+        tok.normalizer = normalizers.Sequence([normalizers.NFKC(), normalizers.Lowercase()])
+        tok.pre_tokenizer = pre_tokenizers.Metaspace()
+        tok.decoder = decoders.Metaspace()
+        return tok
+
+    trained = with_pipeline(Tokenizer(models.Unigram()))
+    trained.train_from_iterator(texts, trainers.UnigramTrainer(vocab_size=vocab_size, special_tokens=XLMR_SPECIAL,
+                                                               unk_token="<unk>"))
+    # The trainer's scores differ in their last digits from one process to the next (its hash maps' order), and so
+    # do the order of its pieces (hence the ids) and which rare character gets which of the lowest scores: order the
+    # pieces by name and round the scores, so that every run of the tests encodes the same ids into the same model.
+    vocab = json.loads(trained.to_str())["model"]["vocab"]
+    n_special = len(XLMR_SPECIAL)
+    assert [p for p, _ in vocab[:n_special]] == XLMR_SPECIAL
+    pieces = sorted((p, round(score, 6)) for p, score in vocab[n_special:])
+    tok = with_pipeline(Tokenizer(models.Unigram([(p, 0.0) for p in XLMR_SPECIAL] + pieces,
+                                                 unk_id=XLMR_SPECIAL.index("<unk>"))))
     tok.post_processor = processors.TemplateProcessing(single="<s> $A </s>", pair="<s> $A </s> </s> $B </s>",
                                                        special_tokens=[("<s>", 0), ("</s>", 2)])
     fast = XLMRobertaTokenizerFast(tokenizer_object=tok, bos_token="<s>", eos_token="</s>", sep_token="</s>",
