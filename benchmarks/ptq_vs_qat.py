@@ -11,8 +11,8 @@ reduce_range, uint8 weights), identical in the training simulation and quantize_
 Every step is the pipeline's own CLI. Hyper-parameters are fixed in advance; nothing is chosen on the test split.
 Also reported, computed from the runs' files: validation accuracy (run_info.json), the top-2 logit margin of the source
 model on the rows where its INT8 model predicts another label (are they near-ties?), and label shares.
-The generator writes ptq_vs_qat.{md,json,png} (--report-name); a reading written by hand goes to ptq_vs_qat_reading.md,
-which it never writes (the report links it when present).
+The generator writes NAME.{md,json,png} (NAME: --report-name, default ptq_vs_qat); a reading written by hand goes to
+NAME_reading.md, which it never writes (the report links it when present).
 
     python benchmarks/ptq_vs_qat.py                       # SmSA, 3 seeds; see --help for the budget knobs
     python benchmarks/ptq_vs_qat.py --smoke               # a tiny model, for the test suite
