@@ -2,13 +2,15 @@
 
 For a trained run: the fake-quantized PyTorch model (what training simulated) and the INT8 ONNX model run on the
 same test batches (one text per batch by default, as served), with ONNX Runtime at the deployed optimization level
-(ORT_ENABLE_ALL: fused Gelu, SkipLayerNormalization, DynamicQuantizeMatMul) and node by node (ORT_DISABLE_ALL).
+(ORT_ENABLE_ALL: fused Gelu, SkipLayerNormalization, DynamicQuantizeMatMul) and node by node (ORT_DISABLE_ALL), or
+at the levels --levels names (with INT8 texts/s per level, for comparing them).
 Reports prediction agreement, the distribution of |logit difference| and the top-2 margins of the rows that
 differ. Then, for the rows that differ most, every DynamicQuantizeLinear of the node-by-node graph is compared
 with the simulation's activation quantizer in the same position: how many inputs differ (float rounding of the
 FP32 ops before it), whether the scale differs, and how many quantized values flipped.
 
     python benchmarks/fidelity_trace.py --run-name NAME [--rows 500] [--batch-size 1] [--trace-rows 3]
+        [--levels ORT_ENABLE_ALL ORT_DISABLE_ALL] [--report-name fidelity_trace_NAME]
 """
 
 from __future__ import annotations
@@ -25,7 +27,9 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-LEVELS = ("ORT_ENABLE_ALL", "ORT_DISABLE_ALL")
+# ONNX Runtime's optimization levels, most fused first: ALL as deployed, EXTENDED (the same fusions without layout
+# changes), BASIC (constant folding and eliminations, no Gelu/LayerNorm/MatMul fusions), DISABLE (node by node).
+LEVELS = ("ORT_ENABLE_ALL", "ORT_ENABLE_EXTENDED", "ORT_ENABLE_BASIC", "ORT_DISABLE_ALL")
 
 
 def parse_args(argv=None):
@@ -34,8 +38,11 @@ def parse_args(argv=None):
     p.add_argument("--data-dir", default=None, help="default: the run's")
     p.add_argument("--rows", type=int, default=None, help="first N test rows (default: all)")
     p.add_argument("--batch-size", type=int, default=1)
-    p.add_argument("--trace-rows", type=int, default=3)
+    p.add_argument("--trace-rows", type=int, default=3, help="rows traced quantizer by quantizer (batches of 1 only)")
+    p.add_argument("--levels", nargs="+", choices=LEVELS, default=["ORT_ENABLE_ALL", "ORT_DISABLE_ALL"],
+                   help="ONNX Runtime optimization levels to compare with the simulation")
     p.add_argument("--out-dir", default=str(ROOT / "benchmarks" / "reports"))
+    p.add_argument("--report-name", default=None, help="writes NAME.md and NAME.json (default: fidelity_trace_RUN)")
     return p.parse_args(argv)
 
 
@@ -62,15 +69,19 @@ def session(model_bytes_or_path, level: str):
 
 
 def all_logits(sim, sessions, batches, n, n_labels):
+    """Logits of the simulation and of every session on the same batches, and each session's seconds in run()."""
     import torch
 
     out = {k: np.zeros((n, n_labels), np.float32) for k in ("sim", *sessions)}
+    seconds = dict.fromkeys(sessions, 0.0)
     for idx, b in batches:
         with torch.inference_mode():
             out["sim"][idx] = sim(**{k: torch.from_numpy(v) for k, v in b.items()}).logits.numpy()
         for level, s in sessions.items():
+            t = time.perf_counter()
             out[level][idx] = s.run(["logits"], b)[0]
-    return out
+            seconds[level] += time.perf_counter() - t
+    return out, seconds
 
 
 def diff_stats(a: np.ndarray, ref: np.ndarray) -> dict:
@@ -154,15 +165,19 @@ def write_report(res: dict, out_dir: Path) -> Path:
              f"{' '.join(res['argv'])}` ({res['wall_s']:.0f} s). {res['n_rows']} test rows of {res['data']}, "
              f"batches of {res['batch_size']}; ONNX Runtime {res['onnxruntime']}, one thread.", "",
              "| ONNX Runtime level | agreement | rows differ | exact rows | abs logit diff p50 / p90 / p99 / max | "
-             "top-2 margins of differing rows | rows with margin below the max diff |", "|---|---|---|---|---|---|---|"]
+             "top-2 margins of differing rows | rows with margin below the max diff | INT8 texts/s |",
+             "|---|---|---|---|---|---|---|---|"]
     for level, s in res["stats"].items():
         q = s["abs_logit_diff"]
         margins = ", ".join(f"{m:.3f}" for m in s["margin_of_differing_rows"][:8]) or "-"
+        speed = f"{s['texts_per_s']:.1f}" if "texts_per_s" in s else "-"
         lines.append(f"| {level} | {100 * s['agreement']:.2f}% | {s['n_differ']} | {100 * s['exact_rows']:.1f}% | "
                      f"{q['p50']:.2e} / {q['p90']:.2e} / {q['p99']:.2e} / {q['max']:.2e} | {margins} | "
-                     f"{s['rows_with_margin_below_max_diff']} |")
+                     f"{s['rows_with_margin_below_max_diff']} | {speed} |")
+    lines += ["", "INT8 texts/s: the session's time in `run()` over these batches, one thread, with the simulation "
+              "running between calls (a comparison between levels, not a throughput benchmark: see benchmarks/speed.py)."]
     for t in res["traces"]:
-        lines += ["", f"## Row {t['row']} (|logit diff| {t['abs_logit_diff']:.3e} at ORT_DISABLE_ALL, "
+        lines += ["", f"## Row {t['row']} (|logit diff| {t['abs_logit_diff']:.3e} at {res.get('trace_level', 'ORT_DISABLE_ALL')}, "
                       f"{t['tokens']} tokens)", "",
                   "| # | quantized activation | inputs that differ | max abs input diff | scale differs | "
                   "flipped quantized values |", "|---|---|---|---|---|---|"]
@@ -170,7 +185,7 @@ def write_report(res: dict, out_dir: Path) -> Path:
             lines.append(f"| {i} | `{short(q['tensor'])}` | {q['inputs_differ']} of {q['elements']} | "
                          f"{q['max_abs_input_diff']:.1e} | {'yes' if q['scale_differs'] else 'no'} | {q['flipped']} |")
     out_dir.mkdir(parents=True, exist_ok=True)
-    path = out_dir / f"fidelity_trace_{res['run']}.md"
+    path = out_dir / f"{res.get('report_name') or 'fidelity_trace_' + res['run']}.md"
     path.write_text("\n".join(lines) + "\n")
     path.with_suffix(".json").write_text(json.dumps(res, indent=2))
     return path
@@ -192,13 +207,15 @@ def main(argv=None):
     test = load_split(data_dir, "test", info["text_column"], info["label_column"])
     texts = test.texts[:args.rows] if args.rows else test.texts
     batches = make_batches(texts, tokenizer, info["input_names"], info["max_length"], args.batch_size)
-    sessions = {level: session(str(rdir / INT8_FILE), level) for level in LEVELS}
-    logits = all_logits(sim, sessions, batches, len(texts), len(load_run_labels(rdir)))
-    stats = {level: diff_stats(logits[level], logits["sim"]) for level in LEVELS}
+    sessions = {level: session(str(rdir / INT8_FILE), level) for level in args.levels}
+    logits, seconds = all_logits(sim, sessions, batches, len(texts), len(load_run_labels(rdir)))
+    stats = {level: diff_stats(logits[level], logits["sim"]) | {"texts_per_s": len(texts) / seconds[level]}
+             for level in args.levels}
     for level, s in stats.items():
         print(f"{level}: agreement {100 * s['agreement']:.2f}% ({s['n_differ']} rows differ), |logit diff| "
               + ", ".join(f"{k} {v:.2e}" for k, v in s["abs_logit_diff"].items()), flush=True)
-    d = np.abs(logits["ORT_DISABLE_ALL"] - logits["sim"]).max(1)
+    trace_level = "ORT_DISABLE_ALL" if "ORT_DISABLE_ALL" in args.levels else args.levels[-1]
+    d = np.abs(logits[trace_level] - logits["sim"]).max(1)  # the rows traced: those that level gets most wrong
     row_batch = {i: b for idx, b in batches for i in idx} if args.batch_size == 1 else {}
     traces = []
     for row in [int(i) for i in np.argsort(-d)[:args.trace_rows]] if row_batch else []:
@@ -207,7 +224,7 @@ def main(argv=None):
     res = {"run": args.run_name, "date": datetime.date.today().isoformat(), "cpu": cpu_info(),
            "argv": sys.argv[1:] if argv is None else argv, "data": str(Path(data_dir) / "test.csv"),
            "n_rows": len(texts), "batch_size": args.batch_size, "onnxruntime": onnxruntime.__version__,
-           "stats": stats, "traces": traces, "wall_s": time.perf_counter() - t0}
+           "report_name": args.report_name, "stats": stats, "trace_level": trace_level, "traces": traces, "wall_s": time.perf_counter() - t0}
     print(write_report(res, Path(args.out_dir)).read_text())
 
 
