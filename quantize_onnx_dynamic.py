@@ -37,7 +37,7 @@ VERIFIED_ONNXRUNTIME = "1.32.0"
 # per_channel or weight type flipped) 0.5-1.7 (~1.0 on MiniLM). Absolute logit differences do not separate the two:
 # they scale with the logits (MiniLM's flipped reduce_range gave max 0.23, the run's logits spanning -0.8..0.8).
 # Labels: sim and INT8 agreed on 98.4-100% of test rows in the MiniLM QAT runs, but on the 12-layer default
-# (multilingual-e5-small) 97.5-98.4% (issue 8; benchmarks/fidelity_trace.py on AMD EPYC AVX2): one flipped quantized
+# (multilingual-e5-small) 97.5-99.4% (issue 8; benchmarks/fidelity_trace.py on AMD EPYC AVX2): one flipped quantized
 # value, from 1-ulp differences of the FP32 kernels, cascades through the later layers. A label floor close to those
 # figures would fail healthy runs; the relative logit criterion is what separates drift (~1) from rounding (~0.03).
 # 0.90 still stops a drift that flips labels wholesale, whatever the logits' scale.

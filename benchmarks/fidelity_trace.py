@@ -177,7 +177,7 @@ def write_report(res: dict, out_dir: Path) -> Path:
     lines += ["", "INT8 texts/s: the session's time in `run()` over these batches, one thread, with the simulation "
               "running between calls (a comparison between levels, not a throughput benchmark: see benchmarks/speed.py)."]
     for t in res["traces"]:
-        lines += ["", f"## Row {t['row']} (|logit diff| {t['abs_logit_diff']:.3e} at {res.get('trace_level', 'ORT_DISABLE_ALL')}, "
+        lines += ["", f"## Row {t['row']} (|logit diff| {t['abs_logit_diff']:.3e} at ORT_DISABLE_ALL, "
                       f"{t['tokens']} tokens)", "",
                   "| # | quantized activation | inputs that differ | max abs input diff | scale differs | "
                   "flipped quantized values |", "|---|---|---|---|---|---|"]
@@ -193,6 +193,11 @@ def write_report(res: dict, out_dir: Path) -> Path:
 
 def main(argv=None):
     args = parse_args(argv)
+    if args.batch_size == 1 and args.trace_rows and "ORT_DISABLE_ALL" not in args.levels:
+        sys.exit("error: --trace-rows traces the graph node by node: add ORT_DISABLE_ALL to --levels, "
+                 "or pass --trace-rows 0")
+    if args.report_name:
+        args.report_name = args.report_name.removesuffix(".md").removesuffix(".json")
     import onnxruntime
     import torch
 
@@ -214,9 +219,9 @@ def main(argv=None):
     for level, s in stats.items():
         print(f"{level}: agreement {100 * s['agreement']:.2f}% ({s['n_differ']} rows differ), |logit diff| "
               + ", ".join(f"{k} {v:.2e}" for k, v in s["abs_logit_diff"].items()), flush=True)
-    trace_level = "ORT_DISABLE_ALL" if "ORT_DISABLE_ALL" in args.levels else args.levels[-1]
-    d = np.abs(logits[trace_level] - logits["sim"]).max(1)  # the rows traced: those that level gets most wrong
-    row_batch = {i: b for idx, b in batches for i in idx} if args.batch_size == 1 else {}
+    row_batch = {i: b for idx, b in batches for i in idx} if args.batch_size == 1 and args.trace_rows else {}
+    # the rows traced: those the node-by-node graph, the one the trace runs, gets most wrong
+    d = np.abs(logits["ORT_DISABLE_ALL"] - logits["sim"]).max(1) if row_batch else None
     traces = []
     for row in [int(i) for i in np.argsort(-d)[:args.trace_rows]] if row_batch else []:
         traces.append({"row": row, "abs_logit_diff": float(d[row]), "tokens": int(row_batch[row]["input_ids"].shape[1]),
@@ -224,7 +229,7 @@ def main(argv=None):
     res = {"run": args.run_name, "date": datetime.date.today().isoformat(), "cpu": cpu_info(),
            "argv": sys.argv[1:] if argv is None else argv, "data": str(Path(data_dir) / "test.csv"),
            "n_rows": len(texts), "batch_size": args.batch_size, "onnxruntime": onnxruntime.__version__,
-           "report_name": args.report_name, "stats": stats, "trace_level": trace_level, "traces": traces, "wall_s": time.perf_counter() - t0}
+           "report_name": args.report_name, "stats": stats, "traces": traces, "wall_s": time.perf_counter() - t0}
     print(write_report(res, Path(args.out_dir)).read_text())
 
 

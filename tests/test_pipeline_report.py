@@ -107,11 +107,12 @@ def test_fidelity_trace_compares_each_level_with_the_simulation(reported):
     out = reported["tmp"] / "trace"
     levels = ["ORT_ENABLE_ALL", "ORT_ENABLE_BASIC", "ORT_DISABLE_ALL"]
     proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "fidelity_trace.py"), "--run-name", "pr",
-                           "--rows", "24", "--trace-rows", "1", "--levels", *levels, "--out-dir", str(out)],
+                           "--rows", "24", "--trace-rows", "1", "--levels", *levels, "--out-dir", str(out),
+                           "--report-name", "levels.md"],
                           cwd=ROOT, env=reported["env"], capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
-    res = json.loads((out / "fidelity_trace_pr.json").read_text())
-    assert list(res["stats"]) == levels and res["trace_level"] == "ORT_DISABLE_ALL"
+    res = json.loads((out / "levels.json").read_text())
+    assert list(res["stats"]) == levels
     for s in res["stats"].values():
         assert s["n"] == 24 and s["agreement"] == 1.0 and s["n_differ"] == 0 and s["texts_per_s"] > 0
     dql = [n for n in onnx.load(str(reported["tmp"] / "models" / "pr" / "model_qat_int8_dynamic.onnx")).graph.node
@@ -119,5 +120,10 @@ def test_fidelity_trace_compares_each_level_with_the_simulation(reported):
     (trace,) = res["traces"]
     assert len(trace["quantizers"]) == len(dql) > 0
     assert [q["tensor"] for q in trace["quantizers"]] == [n.input[0] for n in dql]
-    md = (out / "fidelity_trace_pr.md").read_text()
+    md = (out / "levels.md").read_text()
     assert [line.split(" | ")[0] for line in md.splitlines() if line.startswith("| ORT_")] == [f"| {l}" for l in levels]
+    refused = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "fidelity_trace.py"), "--run-name", "pr",
+                              "--rows", "2", "--levels", "ORT_ENABLE_ALL", "--out-dir", str(out / "no")],
+                             cwd=ROOT, env=reported["env"], capture_output=True, text=True, timeout=600)
+    assert refused.returncode != 0 and "add ORT_DISABLE_ALL to --levels" in refused.stderr
+    assert not (out / "no").exists()
