@@ -170,10 +170,9 @@ def write_report(res: dict, out_dir: Path) -> Path:
     for level, s in res["stats"].items():
         q = s["abs_logit_diff"]
         margins = ", ".join(f"{m:.3f}" for m in s["margin_of_differing_rows"][:8]) or "-"
-        speed = f"{s['texts_per_s']:.1f}" if "texts_per_s" in s else "-"
         lines.append(f"| {level} | {100 * s['agreement']:.2f}% | {s['n_differ']} | {100 * s['exact_rows']:.1f}% | "
                      f"{q['p50']:.2e} / {q['p90']:.2e} / {q['p99']:.2e} / {q['max']:.2e} | {margins} | "
-                     f"{s['rows_with_margin_below_max_diff']} | {speed} |")
+                     f"{s['rows_with_margin_below_max_diff']} | {s['texts_per_s']:.1f} |")
     lines += ["", "INT8 texts/s: the session's time in `run()` over these batches, one thread, with the simulation "
               "running between calls (a comparison between levels, not a throughput benchmark: see benchmarks/speed.py)."]
     for t in res["traces"]:
@@ -185,7 +184,7 @@ def write_report(res: dict, out_dir: Path) -> Path:
             lines.append(f"| {i} | `{short(q['tensor'])}` | {q['inputs_differ']} of {q['elements']} | "
                          f"{q['max_abs_input_diff']:.1e} | {'yes' if q['scale_differs'] else 'no'} | {q['flipped']} |")
     out_dir.mkdir(parents=True, exist_ok=True)
-    path = out_dir / f"{res.get('report_name') or 'fidelity_trace_' + res['run']}.md"
+    path = out_dir / f"{res['report_name'] or 'fidelity_trace_' + res['run']}.md"
     path.write_text("\n".join(lines) + "\n")
     path.with_suffix(".json").write_text(json.dumps(res, indent=2))
     return path
