@@ -8,6 +8,7 @@ from pathlib import Path
 import pandas as pd
 
 ROOT = Path(__file__).resolve().parent.parent
+SMSA = ROOT.parent / "shared" / "data" / "smsa"  # the real benchmark data, beside the clone in CI (not in git)
 
 
 def run_step(script, *args, env, check=True, timeout=900):

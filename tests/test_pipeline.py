@@ -8,9 +8,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-from helpers import ROOT, run_step, run_steps, tiny_workspace, train_tiny
-
-SMSA = ROOT.parent / "shared" / "data" / "smsa"
+from helpers import ROOT, SMSA, run_step, run_steps, tiny_workspace, train_tiny
 STAGES = ("eager_qat", "onnx_qat", "onnx_int8_dynamic")
 
 

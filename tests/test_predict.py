@@ -10,7 +10,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from helpers import ROOT, run_step, run_steps, tiny_workspace, train_tiny
+from helpers import ROOT, SMSA, run_step, run_steps, tiny_workspace, train_tiny
 
 PROB = ["pred_prob_negative", "pred_prob_positive"]
 ADDED = ["pred_status", "pred_label", "pred_score", *PROB]
@@ -224,6 +224,7 @@ def test_bad_input_gets_one_line_error(tiny, csv_input, tmp_path, case, match):
     assert not [p for p in tmp_path.iterdir() if p.name.startswith("out")]
 
 
+@pytest.mark.skipif(not SMSA.is_dir(), reason="../shared/data/smsa not present (the benchmark scores its texts)")
 def test_batch_scoring_benchmark_smoke(tiny, tmp_path):
     """benchmarks/batch_scoring.py --smoke end to end (without Spark), so the benchmark never rots."""
     proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "batch_scoring.py"), "--smoke", "--run-name",

@@ -19,6 +19,8 @@ TESTS = sorted(p.stem for p in (ROOT / "tests").glob("*.py"))
 PROJECT = set(TOP_LEVEL) | set(BENCHMARKS)
 # Needed at run time although no file imports it, and why.
 USED_WITHOUT_IMPORT = {"accelerate": "transformers' Trainer runs on it"}
+# test-only distributions used from the command line: (file, the text that uses it there)
+DEV_USED_WITHOUT_IMPORT = {"pytest-xdist": ("run_tests.sh", "python -m pytest -n ")}
 
 
 def imported_modules(path: Path) -> set[str]:
@@ -148,6 +150,9 @@ def test_every_requirement_is_used():
     unused = set(requirements("requirements.txt")) - runtime
     assert not unused, f"in requirements.txt but imported by no pipeline module: {sorted(unused)}"
     dev = set(distributions_imported(DEV_FILES))
+    for dist, (path, usage) in DEV_USED_WITHOUT_IMPORT.items():
+        if usage in (ROOT / path).read_text():
+            dev.add(dist)
     unused_test = set(requirements("requirements-test.txt")) - dev
     assert not unused_test, f"in requirements-test.txt but imported by no test or benchmark: {sorted(unused_test)}"
     leaked = set(requirements("requirements-test.txt")) & set(distributions_imported(RUNTIME_FILES))
