@@ -9,6 +9,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 from helpers import ROOT, SMSA, run_step, run_steps, tiny_workspace, train_tiny
+
 STAGES = ("eager_qat", "onnx_qat", "onnx_int8_dynamic")
 
 
