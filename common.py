@@ -160,13 +160,46 @@ def cpu_info() -> dict:
                 flags = set(line.split(":", 1)[1].split())
     except OSError:
         pass
-    return {"model": model, "flags": {f: f in flags for f in ISA_FLAGS}}
+    return {"model": model, "machine": platform.machine().lower(), "flags": {f: f in flags for f in ISA_FLAGS}}
 
 
 def has_vnni(cpu: dict | None = None) -> bool:
     """x86 VNNI (AVX512-VNNI or AVX-VNNI): int8 dot products without the int16 saturation of AVX2's vpmaddubsw."""
     flags = (cpu or cpu_info())["flags"]
     return bool(flags.get("avx512_vnni") or flags.get("avx_vnni") or flags.get("amx_int8"))
+
+
+# --target-cpu of train_eager_qat.py: portable (7-bit weights, exact on any x86 CPU), vnni (8-bit weights, exact with
+# VNNI/AMX kernels only), native (vnni when the training CPU has VNNI, else portable).
+TARGET_CPUS = ("portable", "vnni", "native")
+X86 = ("x86_64", "amd64", "i386", "i686", "x86")
+
+
+def int8_cpu_mismatch(quant: dict, cpu: dict | None = None) -> str | None:
+    """Why ONNX Runtime on this CPU would compute a model quantized with `quant` (quant_config.json) otherwise than
+    quant_sim.py simulated it, with the fix; None when it computes it exactly. The U8S8 kernels of x86 CPUs without
+    VNNI sum pairs of u8 x s8 products in saturating int16: exact for 7-bit weights (reduce_range, 2 x 255 x 64 <
+    32767) and uint8 weights (U8U8 kernels widen to int16 products), not for 8-bit int8 weights. Other architectures'
+    kernels were never compared with the simulation."""
+    cpu = cpu or cpu_info()
+    machine = cpu.get("machine") or platform.machine().lower()
+    if machine not in X86:
+        return (f"the INT8 arithmetic was verified against quant_sim.py on x86 CPUs only, and this machine is "
+                f"{machine}: serve it on an x86 CPU")
+    eight_bit = quant.get("weight_type", "int8") == "int8" and not quant.get("reduce_range", False)
+    if eight_bit and not has_vnni(cpu):
+        return (f"it was quantized with 8-bit weights (--target-cpu {quant.get('target_cpu') or 'vnni'}), which ONNX "
+                f"Runtime computes exactly only with VNNI/AMX kernels, and this CPU ({cpu['model']}) has no VNNI (its "
+                f"int16 pair sums saturate): serve it on a CPU with VNNI, or retrain with --target-cpu portable "
+                f"(7-bit weights, exact on every x86 CPU)")
+    return None
+
+
+def check_int8_cpu(model_path: Path, quant: dict, cpu: dict | None = None) -> None:
+    """Refuse to run an INT8 model on a CPU whose kernels compute it otherwise than trained (int8_cpu_mismatch)."""
+    why = int8_cpu_mismatch(quant, cpu)
+    if why:
+        raise PipelineError(f"{model_path} cannot run here: {why}")
 
 
 # ---------------------------------------------------------------- data

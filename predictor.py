@@ -11,7 +11,8 @@ depend on the other rows and the padding of its batch. `Predictor(..., batch_siz
 every text as its own batch, without padding: each text's result then depends on that text only (deterministic
 per text), at some cost in throughput. benchmarks/batch_dependence.py measures how often the label changes.
 
-The model file must be the one the run's lineage.json records as made from the run's current model_qat.pth and
+The INT8 model is refused on a CPU whose ONNX Runtime kernels compute it otherwise than it was trained
+(common.check_int8_cpu: 8-bit weights, quantized with --target-cpu vnni, need VNNI). The model file must be the one the run's lineage.json records as made from the run's current model_qat.pth and
 config.json (common.verify_lineage): a model left over from an earlier training of the run is refused.
 """
 
@@ -24,8 +25,8 @@ from pathlib import Path
 
 import numpy as np
 
-from common import (INT8_FILE, PRODUCERS, RUN_INFO_FILE, PipelineError, load_run_labels, make_batches, require_file,
-                    verify_lineage)
+from common import (INT8_FILE, PRODUCERS, QUANT_CONFIG_FILE, RUN_INFO_FILE, PipelineError, check_int8_cpu,
+                    load_run_labels, make_batches, require_file, verify_lineage)
 
 
 def ort_session(path: Path, threads: int):
@@ -85,6 +86,9 @@ class Predictor:
         self.batch_size = 1 if per_text else int(batch_size)
         self.threads = int(threads or os.cpu_count() or 1)
         self.model_path = require_file(self.run_dir / model_file, PRODUCERS.get(model_file, "export_to_onnx.py"))
+        if model_file == INT8_FILE:  # never run it where ONNX Runtime computes it otherwise than it was trained
+            quant = json.loads(require_file(self.run_dir / QUANT_CONFIG_FILE, "train_eager_qat.py").read_text())
+            check_int8_cpu(self.model_path, quant)
         self.tokenizer = AutoTokenizer.from_pretrained(self.run_dir)
         # A fast tokenizer's truncation settings are mutable state: concurrent calls can fail ("Already borrowed").
         self._tokenizer_lock = threading.Lock()

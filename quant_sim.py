@@ -58,6 +58,7 @@ class QuantConfig:
     reduce_range: bool = False
     qat: bool = True
     optimize_graph: bool = False
+    target_cpu: str = ""  # the CPUs it computes exactly on (common.TARGET_CPUS, resolved); "" in older runs
     chosen_for: dict = field(default_factory=dict)  # CPU and rule behind the defaults, for the record
     quantized_linears: list[str] = field(default_factory=list)
     quantized_embeddings: list[str] = field(default_factory=list)
@@ -79,7 +80,8 @@ class QuantConfig:
 
     def settings(self) -> dict:
         """The settings that decide the arithmetic, and why they were chosen (recorded in the metrics)."""
-        return {k: getattr(self, k) for k in ("weight_type", "per_channel", "reduce_range", "optimize_graph", "chosen_for")}
+        return {k: getattr(self, k) for k in ("weight_type", "per_channel", "reduce_range", "optimize_graph", "target_cpu",
+                                              "chosen_for")}
 
     def quantize_dynamic_kwargs(self) -> dict:
         from onnxruntime.quantization import QuantType

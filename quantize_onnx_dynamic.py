@@ -20,8 +20,8 @@ from collections import Counter
 
 import numpy as np
 
-from common import (INT8_FILE, ONNX_FILE, QUANT_CONFIG_FILE, PipelineError, atomic_output, base_parser, file_hashes,
-                    file_size_mb, load_run, load_run_labels, load_run_model, load_split, main_guard, make_batches,
+from common import (INT8_FILE, ONNX_FILE, QUANT_CONFIG_FILE, PipelineError, atomic_output, base_parser, check_int8_cpu,
+                    file_hashes, file_size_mb, load_run, load_run_labels, load_run_model, load_split, main_guard, make_batches,
                     record_lineage, require_file, verify_lineage)
 from evaluation import run_batches
 from predictor import ort_predict_fn, ort_session
@@ -225,6 +225,7 @@ def main():
                                 f"re-run export_to_onnx.py")
         check_matches_simulation(tmp, qcfg)
         if args.gate_rows > 0:
+            check_int8_cpu(out, qcfg.settings())  # the gate would measure this CPU's other arithmetic
             gate = fidelity(args, rdir, info, tmp, fp32, qcfg)
             print_fidelity(gate)
             if gate["gated"]:

@@ -1,24 +1,32 @@
 """Step 1: fine-tune a BERT-family classifier with quantization-aware training (QAT).
 
 The fake quantization (quant_sim.py) reproduces what ONNX Runtime's quantize_dynamic will do to the exported
-graph, so the weights are trained for the arithmetic they will be deployed with. Writes to models/<run>/:
+graph, so the weights are trained for the arithmetic they will be deployed with. The default recipe has two phases
+in one run: an FP32 fine-tune (--epochs, --lr), then a short QAT fine-tune of that model (--qat-epochs, --qat-lr)
+distilled from it (the FP32 model as teacher: --distill-weight, --distill-temperature). The QAT phase keeps its
+starting point (the FP32 weights, i.e. post-training quantization) when no QAT epoch beats it on validation, so the
+run's INT8 model is never worse than PTQ on the validation split. --recipe qat-from-pretrained trains one QAT phase
+from the pretrained model instead. Writes to models/<run>/:
 model_qat.pth (plain FP32 state_dict), config.json (id2label/label2id), tokenizer files, quant_config.json,
 run_info.json. Uses the Hugging Face Trainer, so `torchrun`/`accelerate launch` spread it over devices.
 
     python train_eager_qat.py                                   # offline default model and data
     python train_eager_qat.py --model indobenchmark/indobert-base-p1 --data-dir combined
     python train_eager_qat.py --no-qat --run-name minilm-fp32   # plain FP32 fine-tuning (PTQ baseline)
+    python train_eager_qat.py --init-from minilm-fp32 --run-name minilm-qat   # QAT phase only, from that run
 """
 
 import argparse
+import copy
 import json
-import platform
 import shutil
+import time
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
 
-from common import (QUANT_CONFIG_FILE, cpu_info, has_vnni, RUN_INFO_FILE, STATE_DICT_FILE, PipelineError, atomic_files, base_parser,
+from common import (QUANT_CONFIG_FILE, TARGET_CPUS, cpu_info, has_vnni, RUN_INFO_FILE, STATE_DICT_FILE, PipelineError, atomic_files, base_parser,
                     check_known_labels, load_split, main_guard, model_input_names,
                     remove_downstream, results_dir, run_dir, sorted_labels)
 from prepare_data import ensure_default_data
@@ -26,30 +34,50 @@ from prepare_model import resolve_model
 from quant_sim import WEIGHT_TYPES, QuantConfig
 
 
-# Learning rate and epochs when not given. multilingual-e5-small (the default) starts with a random pooler and head
-# and learns slowly at BERT's usual 5e-5: on 2,000 SmSA rows (seed 0) 5e-5 x 1 epoch reached INT8 test macro-F1
-# 0.50, 1e-4 x 2 epochs 0.78 (measurements quoted in issue 8, Intel Xeon), and 0.81 with the class-balanced loss
-# (--class-weight, default for every model; README_DEPLOYMENT.md §3, AMD EPYC). Other models keep BERT's recipe.
+# Learning rate and epochs of the FP32 phase (or the one phase of qat-from-pretrained) when not given.
+# multilingual-e5-small (the default) starts with a random pooler and head and learns slowly at BERT's usual 5e-5;
+# 1e-4 x 2 epochs with the class-balanced loss is what benchmarks/reports measure. Other models keep BERT's recipe.
 GENERIC_RECIPE = {"lr": 5e-5, "epochs": 3}
 RECIPES = {"default": {"lr": 1e-4, "epochs": 2}}
+# The QAT phase: a short fine-tune of the converged FP32 model at a small learning rate, distilled from it (as
+# OpenVINO NNCF and Intel Neural Compressor start QAT from the fine-tuned checkpoint). benchmarks/ptq_vs_qat.py
+# measures it against PTQ of the same FP32 model.
+QAT_PHASE = {"qat_epochs": 1.0, "qat_lr": 3e-5, "distill_weight": 0.5, "distill_temperature": 2.0}
+RECIPE_CHOICES = ("fp32-then-qat", "qat-from-pretrained")
 
 
-def parse_args():
+def parse_args(argv=None):
     p = base_parser(__doc__, training=True)
+    p.add_argument("--recipe", choices=RECIPE_CHOICES, default="fp32-then-qat",
+                   help="fp32-then-qat: FP32 fine-tune, then a QAT fine-tune distilled from it (one run); "
+                        "qat-from-pretrained: one QAT phase from the pretrained model, no teacher")
     p.add_argument("--epochs", type=float, default=None,
-                   help=f"default: {RECIPES['default']['epochs']:g} for --model default, {GENERIC_RECIPE['epochs']:g} for others")
+                   help=f"epochs of the FP32 phase (qat-from-pretrained: of its one phase); default: "
+                        f"{RECIPES['default']['epochs']:g} for --model default, {GENERIC_RECIPE['epochs']:g} for others")
     p.add_argument("--lr", type=float, default=None,
-                   help=f"peak learning rate; default: {RECIPES['default']['lr']:g} for --model default, "
+                   help=f"peak learning rate of that phase; default: {RECIPES['default']['lr']:g} for --model default, "
                         f"{GENERIC_RECIPE['lr']:g} for others")
+    p.add_argument("--qat-epochs", type=float, default=QAT_PHASE["qat_epochs"],
+                   help="epochs of the QAT phase of fp32-then-qat")
+    p.add_argument("--qat-lr", type=float, default=QAT_PHASE["qat_lr"], help="peak learning rate of the QAT phase")
+    p.add_argument("--distill-weight", type=float, default=QAT_PHASE["distill_weight"],
+                   help="QAT phase loss = (1 - w) x cross-entropy + w x distillation from the FP32 model (0: none)")
+    p.add_argument("--distill-temperature", type=float, default=QAT_PHASE["distill_temperature"],
+                   help="softmax temperature of the distillation term (its loss is scaled by T^2)")
     p.add_argument("--weight-decay", type=float, default=0.01)
     p.add_argument("--warmup-ratio", type=float, default=0.1)
     p.add_argument("--max-train-samples", type=int, default=None, help="seeded random subset of train.csv")
-    p.add_argument("--no-qat", action="store_true", help="plain FP32 fine-tuning (the post-training quantization baseline)")
+    p.add_argument("--no-qat", action="store_true",
+                   help="plain FP32 fine-tuning only (the FP32 phase; the post-training quantization baseline)")
     p.add_argument("--init-from", default=None,
-                   help="start from this run's model_qat.pth instead of the pretrained classifier head "
-                        "(QAT fine-tune of an FP32 fine-tuned run); its labels must match")
+                   help="start from this run's model_qat.pth instead of the pretrained model: with fp32-then-qat it "
+                        "is the FP32 phase (start and teacher of the QAT phase); its labels must match")
     p.add_argument("--weight-type", choices=WEIGHT_TYPES, default="int8", help="quantize_dynamic weight type")
     p.add_argument("--per-channel", action="store_true", help="per-output-channel weight scales")
+    p.add_argument("--target-cpu", choices=TARGET_CPUS, default="portable",
+                   help="the CPUs the INT8 model must compute exactly on: portable = any x86 CPU (7-bit weights, "
+                        "reduce_range); vnni = x86 CPUs with VNNI or AMX only (8-bit weights; other CPUs refuse to "
+                        "load it); native = vnni when this CPU has VNNI, else portable")
     p.add_argument("--optimize-graph", action=argparse.BooleanOptionalAction, default=False,
                    help="fuse the ONNX graph (Attention, EmbedLayerNormalization, ...) before quantization; training "
                         "then simulates the fused quantization (one scale for the packed Q/K/V weight)")
@@ -61,15 +89,43 @@ def parse_args():
                         "labels count as much as common ones, as macro-F1 (the checkpoint metric) counts them")
     p.add_argument("--group-by-length", action=argparse.BooleanOptionalAction, default=False,
                    help="batch texts of similar length together (less padding, faster steps; batches less random)")
-    p.add_argument("--reduce-range", action=argparse.BooleanOptionalAction, default=None,
-                   help="7-bit weights, which avoid the int16 saturation of AVX2/AVX-512 INT8 kernels without VNNI; "
-                        "default: on when this CPU has no VNNI (pass it explicitly when the deploy CPU differs)")
-    args = p.parse_args()
+    args = p.parse_args(argv)
     recipe = RECIPES.get(args.model, GENERIC_RECIPE)
-    for key in ("epochs", "lr"):
-        if getattr(args, key) is None:
-            setattr(args, key, recipe[key])
+    defaults = {key: recipe[key] for key in ("epochs", "lr") if getattr(args, key) is None}
+    args = argparse.Namespace(**{**vars(args), **defaults})  # a new namespace: the parsed one is left as parsed
+    check_budget(args)
     return args
+
+
+def check_budget(args) -> None:
+    """Refuse budgets that would write an untrained (or un-fine-tuned) run."""
+    if args.epochs <= 0 or args.qat_epochs <= 0:
+        raise PipelineError(f"--epochs {args.epochs:g} / --qat-epochs {args.qat_epochs:g}: both must be more than 0")
+    if args.max_train_samples is not None and args.max_train_samples < 2:
+        raise PipelineError(f"--max-train-samples {args.max_train_samples}: train on at least 2 rows (or leave it out)")
+    if not 0 <= args.distill_weight <= 1 or args.distill_temperature <= 0:
+        raise PipelineError("--distill-weight must be within 0..1 and --distill-temperature more than 0")
+
+
+@dataclass(frozen=True)
+class Phase:
+    """One training phase: its budget, whether it trains with fake quantization, and its distillation."""
+
+    name: str
+    epochs: float
+    lr: float
+    qat: bool
+    distill_weight: float = 0.0
+    distill_temperature: float = 1.0
+
+
+def phases_of(args) -> list[Phase]:
+    """The phases this run trains, in order. --init-from with fp32-then-qat: that run is the FP32 phase."""
+    if args.recipe == "qat-from-pretrained" or args.no_qat:
+        return [Phase("fp32" if args.no_qat else "qat", args.epochs, args.lr, qat=not args.no_qat)]
+    qat = Phase("qat", args.qat_epochs, args.qat_lr, qat=True, distill_weight=args.distill_weight,
+                distill_temperature=args.distill_temperature)
+    return [qat] if args.init_from else [Phase("fp32", args.epochs, args.lr, qat=False), qat]
 
 
 def subsample(split, n, seed):
@@ -93,19 +149,32 @@ class EncodedDataset:
         return self.rows[i]
 
 
-def quant_config_for_cpu(args) -> QuantConfig:
-    """Quantization settings; reduce_range follows ONNX Runtime's advice for x86 unless given: on without VNNI."""
-    cpu = cpu_info()
+def reduce_range_for(target_cpu: str, cpu: dict) -> tuple[bool, str, str]:
+    """reduce_range (7-bit weights) for a --target-cpu, the target it resolves to, and why. 8-bit int8 weights are computed exactly only by
+    VNNI/AMX kernels; AVX2/AVX-512 without VNNI sum pairs of u8 x s8 products in saturating int16, which 7-bit
+    weights never reach (2 x 255 x 64 < 32767)."""
     vnni = has_vnni(cpu)
-    if args.reduce_range is None:
-        reduce_range = not vnni and platform.machine().lower() in ("x86_64", "amd64")
-        rule = f"auto: reduce_range={reduce_range} because this CPU {'has' if vnni else 'lacks'} VNNI"
+    if target_cpu == "native":
+        target_cpu = "vnni" if vnni else "portable"
+        why = f"native: this CPU {'has' if vnni else 'lacks'} VNNI, so {target_cpu}"
     else:
-        reduce_range, rule = args.reduce_range, "set by --reduce-range/--no-reduce-range"
+        why = f"--target-cpu {target_cpu}"
+    if target_cpu == "vnni":
+        return False, "vnni", f"{why}: 8-bit weights, exact on x86 CPUs with VNNI or AMX only"
+    return True, "portable", f"{why}: 7-bit weights, exact on every x86 CPU"
+
+
+def quant_config_for(args) -> QuantConfig:
+    """Quantization settings: weight type and granularity as given, reduce_range from --target-cpu."""
+    cpu = cpu_info()
+    reduce_range, target, rule = reduce_range_for(args.target_cpu, cpu)
+    if args.weight_type == "uint8":  # ORT's U8U8 kernels widen to int16 products: exact on any x86 CPU
+        rule += " (uint8 weights: U8U8 kernels, exact on every x86 CPU)"
     print(f"quantization: weights {args.weight_type}, per_channel={args.per_channel}, reduce_range={reduce_range} "
           f"({rule}), optimize_graph={args.optimize_graph}")
     return QuantConfig(weight_type=args.weight_type, per_channel=args.per_channel, reduce_range=reduce_range,
-                       qat=not args.no_qat, optimize_graph=args.optimize_graph, chosen_for={"cpu": cpu["model"], "vnni": vnni, "rule": rule})
+                       qat=not args.no_qat, optimize_graph=args.optimize_graph, target_cpu=target,
+                       chosen_for={"cpu": cpu["model"], "vnni": has_vnni(cpu), "rule": rule})
 
 
 def compute_metrics(eval_pred):
@@ -144,6 +213,63 @@ def weighted_cross_entropy(weights):
         return total / (num_items_in_batch if num_items_in_batch is not None else labels.numel())
 
     return loss
+
+
+def distillation_loss(student_logits, teacher_logits, temperature: float, num_items):
+    """T^2 x KL(softmax(teacher / T) || softmax(student / T)), summed over rows and divided by num_items like
+    weighted_cross_entropy (Hinton et al.; the T^2 keeps its gradients on the scale of the cross-entropy's)."""
+    import torch.nn.functional as F
+
+    t = temperature
+    kl = F.kl_div(F.log_softmax(student_logits.float() / t, dim=-1), F.softmax(teacher_logits.float() / t, dim=-1),
+                  reduction="sum")
+    return kl * t * t / num_items
+
+
+def distillation_trainer(distill_weight: float, temperature: float):
+    """A Trainer class whose training loss is (1 - w) x the compute_loss_func loss + w x distillation_loss from the
+    rows' teacher_logits (computed once by teacher_logits(), so no teacher runs beside the student)."""
+    from transformers import Trainer
+
+    class DistillationTrainer(Trainer):
+        def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+            teacher = inputs.pop("teacher_logits", None)
+            loss, outputs = super().compute_loss(model, inputs, return_outputs=True,
+                                                 num_items_in_batch=num_items_in_batch)
+            if teacher is not None and distill_weight > 0:
+                n = num_items_in_batch if num_items_in_batch is not None else teacher.shape[0]
+                kd = distillation_loss(outputs["logits"], teacher, temperature, n)
+                loss = (1 - distill_weight) * loss + distill_weight * kd
+            return (loss, outputs) if return_outputs else loss
+
+    return DistillationTrainer
+
+
+def teacher_logits(model, dataset, collator, batch_size: int) -> np.ndarray:
+    """The model's logits (eval mode: no dropout, FP32) on every row of dataset, in order."""
+    import torch
+
+    model.eval()
+    out = []
+    with torch.inference_mode():
+        for start in range(0, len(dataset), batch_size):
+            batch = collator([{k: v for k, v in dataset[i].items() if k != "labels"}
+                              for i in range(start, min(start + batch_size, len(dataset)))])
+            out.append(model(**{k: v.to(model.device) for k, v in batch.items()}).logits.float().cpu().numpy())
+    return np.concatenate(out)
+
+
+class WithTeacher:
+    """A dataset's rows with the teacher's logits of each row added (teacher_logits)."""
+
+    def __init__(self, dataset, logits: np.ndarray):
+        self.dataset, self.logits = dataset, logits
+
+    def __len__(self):
+        return len(self.dataset)
+
+    def __getitem__(self, i):
+        return {**self.dataset[i], "teacher_logits": self.logits[i].tolist()}
 
 
 def load_pretrained(model_name, labels):
@@ -185,7 +311,7 @@ def check_supported(model, args) -> None:
                             f"train without --optimize-graph")
 
 
-def training_arguments(args, output_dir):
+def training_arguments(args, phase: Phase, output_dir):
     """The Trainer's settings. The warm-up is a ratio of the training steps: transformers >= 5 (requirements.txt)
     reads a float warmup_steps below 1 as that ratio (its warmup_ratio is gone); 1 or more would mean steps."""
     import torch
@@ -194,7 +320,7 @@ def training_arguments(args, output_dir):
     if not 0 <= args.warmup_ratio < 1:
         raise PipelineError(f"--warmup-ratio {args.warmup_ratio} is not a fraction of the training steps: use 0 <= r < 1")
     return TrainingArguments(
-        output_dir=str(output_dir), num_train_epochs=args.epochs, learning_rate=args.lr,
+        output_dir=str(output_dir), num_train_epochs=phase.epochs, learning_rate=phase.lr,
         per_device_train_batch_size=args.batch_size, per_device_eval_batch_size=args.batch_size,
         weight_decay=args.weight_decay, warmup_steps=args.warmup_ratio, eval_strategy="epoch", save_strategy="epoch",
         load_best_model_at_end=True, metric_for_best_model="f1_macro", greater_is_better=True,
@@ -203,13 +329,54 @@ def training_arguments(args, output_dir):
         train_sampling_strategy="group_by_length" if args.group_by_length else "random")
 
 
+def train_phase(phase: Phase, model, data: dict, args, qcfg: QuantConfig, weights, ckpt_dir: Path):
+    """Train model in place for one phase; returns the trained model, the phase's record for run_info.json, and
+    whether this is the main process (the one that writes the run).
+    A QAT phase starts with its start point on the validation split (fake-quantized: post-training quantization of
+    the starting weights) and keeps it when no epoch beats it; a distilled phase learns from the start point's FP32
+    logits."""
+    import torch
+    from transformers import set_seed
+
+    from quant_sim import apply_fake_quant
+
+    t0 = time.perf_counter()
+    set_seed(args.seed)
+    train_ds = data["train"]
+    if phase.distill_weight > 0:
+        train_ds = WithTeacher(train_ds, teacher_logits(model, train_ds, data["collator"], args.batch_size))
+    start_state = copy.deepcopy(model.state_dict()) if phase.qat else None
+    if phase.qat:
+        apply_fake_quant(model, qcfg)
+    training_args = training_arguments(args, phase, ckpt_dir / phase.name)
+    trainer = distillation_trainer(phase.distill_weight, phase.distill_temperature)(
+        model=model, args=training_args, train_dataset=train_ds, eval_dataset=data["val"],
+        data_collator=data["collator"], compute_metrics=compute_metrics, compute_loss_func=weighted_cross_entropy(weights))
+    record = {k: v for k, v in asdict(phase).items() if k != "name"}
+    record["world_size"] = training_args.world_size
+    start = trainer.evaluate() if phase.qat else None
+    trainer.train()
+    val = trainer.evaluate()
+    record.update(val_accuracy=val["eval_accuracy"], val_f1_macro=val["eval_f1_macro"], kept="trained")
+    if start is not None:
+        record.update(start_val_accuracy=start["eval_accuracy"], start_val_f1_macro=start["eval_f1_macro"])
+        if start["eval_f1_macro"] > val["eval_f1_macro"]:
+            with torch.no_grad():
+                trainer.model.load_state_dict(start_state)
+            record.update(val_accuracy=start["eval_accuracy"], val_f1_macro=start["eval_f1_macro"], kept="start")
+    record["wall_s"] = time.perf_counter() - t0  # the whole phase: teacher logits, evaluations and training
+    print(f"{phase.name} phase: validation accuracy {record['val_accuracy']:.4f}, macro-F1 {record['val_f1_macro']:.4f}"
+          + (f" (start point {start['eval_f1_macro']:.4f}: kept the {record['kept']} weights)" if start else ""))
+    return trainer.model, record, trainer.is_world_process_zero()
+
+
 def main():
     args = parse_args()
     import torch
-    from transformers import DataCollatorWithPadding, Trainer, set_seed
+    from transformers import DataCollatorWithPadding, set_seed
 
     from common import load_run_model
-    from quant_sim import apply_fake_quant, plan_quantization, remove_fake_quant
+    from quant_sim import plan_quantization, remove_fake_quant
 
     rdir = run_dir(args)
     ensure_default_data(args.data_dir)
@@ -238,38 +405,38 @@ def main():
     if args.freeze_embeddings:
         model.get_input_embeddings().weight.requires_grad_(False)
     input_names = model_input_names(tokenizer, model.config)
-    train_ds = EncodedDataset(train, tokenizer, input_names, label2id, args.max_length)
-    val_ds = EncodedDataset(val, tokenizer, input_names, label2id, args.max_length)
-    collator = DataCollatorWithPadding(tokenizer)
+    data = {"train": EncodedDataset(train, tokenizer, input_names, label2id, args.max_length),
+            "val": EncodedDataset(val, tokenizer, input_names, label2id, args.max_length),
+            "collator": DataCollatorWithPadding(tokenizer)}
 
-    qcfg = quant_config_for_cpu(args)
+    qcfg = quant_config_for(args)
     try:
         plan_quantization(model, qcfg)
     except ValueError as e:
         raise PipelineError(f"{args.model}: {e}; train a model built from standard modules")
+    phases = phases_of(args)
+    print("phases: " + "; ".join(f"{p.name} {p.epochs:g} epoch(s) at lr {p.lr:g}"
+                                 + (f", distilled from the FP32 model (weight {p.distill_weight:g}, temperature "
+                                    f"{p.distill_temperature:g})" if p.distill_weight else "") for p in phases))
     if qcfg.qat:
-        apply_fake_quant(model, qcfg)
         print(f"fake INT8: {len(qcfg.quantized_linears)} Linear layers (MatMulInteger in ONNX), "
               f"{len(qcfg.quantized_embeddings)} embedding tables (Gather); FP32: attention scores, LayerNorm, GELU")
-
-    ckpt_dir = rdir / ".checkpoints"
-    training_args = training_arguments(args, ckpt_dir)
     weights = class_weights(train.labels, label2id, args.class_weight)
     print(f"loss: cross-entropy, label weights ({args.class_weight}) "
           + ", ".join(f"{l} {w:.2f}" for l, w in zip(labels, weights)))
-    trainer = Trainer(model=model, args=training_args, train_dataset=train_ds, eval_dataset=val_ds,
-                      data_collator=collator, compute_metrics=compute_metrics,
-                      compute_loss_func=weighted_cross_entropy(weights))
+
+    ckpt_dir = rdir / ".checkpoints"
+    records = {}
     try:
-        trainer.train()
-        val_metrics = trainer.evaluate()
+        for phase in phases:
+            model, records[phase.name], main_process = train_phase(phase, model, data, args, qcfg, weights, ckpt_dir)
     finally:
         shutil.rmtree(ckpt_dir, ignore_errors=True)
-    if not trainer.is_world_process_zero():
+    if not main_process:
         return
-    print(f"best validation: accuracy {val_metrics['eval_accuracy']:.4f}, macro-F1 {val_metrics['eval_f1_macro']:.4f}")
+    final = records[phases[-1].name]
 
-    model = remove_fake_quant(trainer.model).cpu()
+    model = remove_fake_quant(model).cpu()
     with atomic_files(rdir) as tmp:
         torch.save(model.state_dict(), tmp / STATE_DICT_FILE)
         model.config.save_pretrained(tmp)
@@ -279,12 +446,13 @@ def main():
             "model": args.model, "model_source": resolve_model(args.model), "data_dir": str(Path(args.data_dir).resolve()),
             "text_column": args.text_column, "label_column": args.label_column, "max_length": args.max_length,
             "labels": labels, "input_names": input_names, "qat": qcfg.qat, "seed": args.seed,
+            "recipe": "fp32" if args.no_qat else args.recipe, "phases": records,
             "epochs": args.epochs, "lr": args.lr, "batch_size": args.batch_size, "n_train": len(train.texts),
             "init_from": args.init_from, "freeze_embeddings": args.freeze_embeddings,
             "group_by_length": args.group_by_length, "class_weight": args.class_weight,
-            "loss_weights": dict(zip(labels, map(float, weights))),
-            "world_size": training_args.world_size,
-            "val_accuracy": val_metrics["eval_accuracy"], "val_f1_macro": val_metrics["eval_f1_macro"],
+            "loss_weights": dict(zip(labels, map(float, weights))), "target_cpu": qcfg.target_cpu,
+            "world_size": final["world_size"],
+            "val_accuracy": final["val_accuracy"], "val_f1_macro": final["val_f1_macro"],
         }
         (tmp / RUN_INFO_FILE).write_text(json.dumps(info, indent=2))
         stale = remove_downstream(rdir, results_dir(args))  # made from the weights this training replaces

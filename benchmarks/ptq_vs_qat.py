@@ -1,20 +1,22 @@
-"""FP32 vs post-training quantization (PTQ) vs quantization-aware training (QAT), measured side by side.
+"""FP32 vs post-training quantization (PTQ) vs the default QAT recipe, paired by seed, for 8-bit and 7-bit weights.
 
-For each seed, from the same pretrained checkpoint, data order and hyper-parameters:
-  fp32   train --no-qat            -> eager FP32 (PyTorch) and its dynamic INT8 ONNX = the PTQ model
-  qat    train (QAT from pretrained, what train_eager_qat.py does by default) -> eager QAT and its INT8 ONNX
-  qatft  a short QAT fine-tune starting from the fp32 model (--init-from) -> eager QAT and its INT8 ONNX
-  fp32long  train --no-qat for epochs + qatft epochs (the training budget of fp32 + qatft) -> its PTQ INT8 ONNX:
-         the equal-budget control for qatft (is QAT-ft better than PTQ, or only trained longer?)
-Then, for the first seed, the quantization settings that matter on x86 (int8 per tensor / per channel /
-reduce_range, uint8 weights), identical in the training simulation and quantize_dynamic, for PTQ and QAT.
-Every step is the pipeline's own CLI. Hyper-parameters are fixed in advance; nothing is chosen on the test split.
-Also reported, computed from the runs' files: validation accuracy (run_info.json), the top-2 logit margin of the source
-model on the rows where its INT8 model predicts another label (are they near-ties?), and label shares.
-The generator writes NAME.{md,json,png} (NAME: --report-name, default ptq_vs_qat); a reading written by hand goes to
+For each seed, from the same pretrained checkpoint, data order and hyper-parameters (train_eager_qat.py's own CLI):
+  fp32     the FP32 phase alone (train --no-qat): eager FP32 (PyTorch)
+  ptq_8bit / ptq_7bit   quantize_dynamic of that FP32 model with 8-bit weights (--target-cpu vnni) / 7-bit weights
+           (reduce_range, --target-cpu portable)
+  qat_8bit / qat_7bit   the default recipe's QAT phase for that target, started from (and distilled from) the same
+           FP32 model (--init-from): the arms share their FP32 phase, so the one-command recipe is FP32 + this phase
+With --ablations, for the first seed only and 7-bit weights: the QAT phase without distillation (--distill-weight 0)
+and QAT from the pretrained model (--recipe qat-from-pretrained, the old default).
+Paired statistics per weight setting: per-seed macro-F1 differences (QAT - PTQ, QAT - FP32), a bootstrap 95% interval
+of their mean over seeds (test rows resampled, the same rows for every seed and arm), and McNemar's exact test on the
+rows one model gets right and the other wrong (pooled over seeds). 7-bit weights are exact on every x86 CPU, 8-bit
+ones need VNNI (the tables say which CPU measured them). Hyper-parameters are fixed in advance; nothing is chosen on
+the test split. The generator writes NAME.{md,json,png} (NAME: --report-name); a reading written by hand goes to
 NAME_reading.md, which it never writes (the report links it when present).
 
-    python benchmarks/ptq_vs_qat.py                       # SmSA, 3 seeds; see --help for the budget knobs
+    python benchmarks/ptq_vs_qat.py --report-name ptq_vs_qat_recipe          # SmSA, 2,000 rows, 3 seeds, both settings
+    python benchmarks/ptq_vs_qat.py --model minilm --report-name ptq_vs_qat_recipe_minilm
     python benchmarks/ptq_vs_qat.py --smoke               # a tiny model, for the test suite
 """
 
@@ -35,12 +37,8 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 NO_LATENCY = ["--latency-samples", "0"]  # this report uses no latency: the evaluations skip timing one text per call
-SETTINGS = {  # name -> training/quantization flags
-    "int8-per-tensor": [],
-    "int8-per-channel": ["--per-channel"],
-    "int8-per-tensor-reduce-range": ["--reduce-range"],
-    "uint8-per-tensor": ["--weight-type", "uint8"],
-}
+TARGETS = {"7bit": "portable", "8bit": "vnni"}  # weight setting -> train_eager_qat.py --target-cpu
+N_BOOT = 1000
 
 
 def build_parser():
@@ -49,20 +47,19 @@ def build_parser():
     p.add_argument("--model", default="default", help="as train_eager_qat.py --model ('default': the offline model)")
     p.add_argument("--seeds", type=int, nargs="+", default=[1, 2, 3])
     p.add_argument("--max-train-samples", type=int, default=2000)
-    p.add_argument("--epochs", type=float, default=1.0)
-    p.add_argument("--lr", type=float, default=1e-4)
-    p.add_argument("--qatft-epochs", type=float, default=0.5, help="length of the QAT fine-tune from the FP32 model")
-    p.add_argument("--qatft-lr", type=float, default=2e-5)
-    p.add_argument("--max-length", type=int, default=64)
+    p.add_argument("--epochs", type=float, default=None, help="FP32 phase epochs (default: train_eager_qat.py's)")
+    p.add_argument("--lr", type=float, default=None, help="FP32 phase learning rate (default: train_eager_qat.py's)")
+    p.add_argument("--qat-epochs", type=float, default=None, help="QAT phase epochs (default: train_eager_qat.py's)")
+    p.add_argument("--qat-lr", type=float, default=None, help="QAT phase learning rate (default: train_eager_qat.py's)")
+    p.add_argument("--distill-weight", type=float, default=None, help="default: train_eager_qat.py's")
+    p.add_argument("--max-length", type=int, default=128)
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--class-weight", choices=("balanced", "none"), default="balanced",
                    help="as train_eager_qat.py --class-weight, for every arm")
     p.add_argument("--group-by-length", action="store_true", help="train with batches of similar length (every arm)")
-    p.add_argument("--skip-settings", action="store_true", help="skip the quantization-settings comparison")
-    p.add_argument("--skip-finetune", action="store_true",
-                   help="skip the QAT fine-tune of the FP32 model and its equal-budget control (halves the time)")
-    p.add_argument("--skip-from-pretrained", action="store_true",
-                   help="skip QAT from the pretrained model (train_eager_qat.py's default recipe); needs --skip-settings")
+    p.add_argument("--settings", nargs="+", choices=list(TARGETS), default=list(TARGETS), help="weight settings")
+    p.add_argument("--ablations", action="store_true",
+                   help="first seed, 7-bit: the QAT phase without distillation, and QAT from the pretrained model")
     p.add_argument("--report-name", default="ptq_vs_qat",
                    help="the report's file names in --out-dir: NAME.{md,json,png}; a hand reading is NAME_reading.md")
     p.add_argument("--work-dir", default=str(ROOT / "benchmarks" / ".cache" / "ptq_vs_qat"))
@@ -75,16 +72,12 @@ def build_parser():
 def parse_args(argv=None):
     p = build_parser()
     args = p.parse_args(argv)
-    if args.skip_from_pretrained and args.skip_finetune:
-        p.error("--skip-from-pretrained with --skip-finetune leaves no QAT arm")
-    if args.skip_from_pretrained and not args.skip_settings:
-        p.error("the quantization-settings comparison trains QAT from pretrained: add --skip-settings")
     args.defaults = vars(p.parse_args([]))
     return args
 
 
 class Runner:
-    """Runs the pipeline's scripts with outputs under work_dir."""
+    """Runs the pipeline's scripts with outputs under work_dir; records each training's wall time."""
 
     def __init__(self, args):
         self.args = args
@@ -93,28 +86,34 @@ class Runner:
                     "QAT_RESULTS_DIR": str(self.work / "results"), "TRANSFORMERS_VERBOSITY": "error"}
         self.common = ["--data-dir", args.data_dir, "--max-length", str(args.max_length),
                        "--batch-size", str(args.batch_size)]
+        self.train_s: dict[str, float] = {}
 
-    def step(self, script, *extra):
+    def step(self, script, *extra) -> float:
         t0 = time.time()
         proc = subprocess.run([sys.executable, str(ROOT / script), *self.common, *map(str, extra)], env=self.env,
                               cwd=ROOT, capture_output=True, text=True)
         if proc.returncode != 0:
             sys.exit(f"{script} {' '.join(map(str, extra))} failed:\n{proc.stdout[-2000:]}\n{proc.stderr[-2000:]}")
-        print(f"    {script} {' '.join(map(str, extra))} ({time.time() - t0:.0f}s)", flush=True)
+        elapsed = time.time() - t0
+        print(f"    {script} {' '.join(map(str, extra))} ({elapsed:.0f}s)", flush=True)
+        return elapsed
 
-    def train(self, run, seed, *flags, epochs=None, lr=None):
+    def train(self, run, seed, *flags):
         a = self.args
-        self.step("train_eager_qat.py", "--model", a.model, "--run-name", run, "--seed", seed,
-                  "--max-train-samples", a.max_train_samples, "--epochs", epochs or a.epochs, "--lr", lr or a.lr,
-                  "--class-weight", a.class_weight, *(["--group-by-length"] if a.group_by_length else []), *flags)
+        budget = [(f"--{k.replace('_', '-')}", getattr(a, k)) for k in ("epochs", "lr", "qat_epochs", "qat_lr",
+                                                                       "distill_weight")]
+        self.train_s[run] = self.step(
+            "train_eager_qat.py", "--model", a.model, "--run-name", run, "--seed", seed,
+            "--max-train-samples", a.max_train_samples, "--class-weight", a.class_weight,
+            *[x for flag, v in budget if v is not None and flag not in flags for x in (flag, v)],
+            *(["--group-by-length"] if a.group_by_length else []), *flags)
 
-    def deploy(self, run, eager_stages=("eager",)):
+    def deploy(self, run, eager_stage="eager_qat"):
         """export, quantize, evaluate; returns {stage: metrics}"""
         self.step("export_to_onnx.py", "--run-name", run)
         self.step("quantize_onnx_dynamic.py", "--run-name", run)
-        for stage in eager_stages:
-            self.step("eval_eager_qat.py", "--run-name", run, *(["--no-fake-quant"] if stage == "fp32" else []),
-                      *NO_LATENCY)
+        self.step("eval_eager_qat.py", "--run-name", run, *(["--no-fake-quant"] if eager_stage == "eager_fp32" else []),
+                  *NO_LATENCY)
         self.step("eval_onnx_int8_dynamic.py", "--run-name", run, *NO_LATENCY)
         return self.metrics(run)
 
@@ -122,8 +121,8 @@ class Runner:
         res = self.work / "results" / run
         return {p.stem.removeprefix("metrics_"): json.loads(p.read_text()) for p in res.glob("metrics_*.json")}
 
-    def requantize(self, src_run, new_run, setting_flags):
-        """PTQ of an existing FP32 run with other quantization settings: same weights, new quant_config."""
+    def requantize(self, src_run, new_run, target_cpu):
+        """PTQ of an existing FP32 run for another --target-cpu: same weights, the quant_config that target gives."""
         from quant_sim import QuantConfig
 
         src, dst = self.work / "models" / src_run, self.work / "models" / new_run
@@ -131,8 +130,7 @@ class Runner:
         shutil.copytree(src, dst)
         (dst / "model_qat_int8_dynamic.onnx").unlink(missing_ok=True)
         cfg = QuantConfig.load(dst / "quant_config.json")
-        cfg.weight_type = setting_flags[setting_flags.index("--weight-type") + 1] if "--weight-type" in setting_flags else "int8"
-        cfg.per_channel, cfg.reduce_range = "--per-channel" in setting_flags, "--reduce-range" in setting_flags
+        cfg.reduce_range, cfg.target_cpu = target_cpu == "portable", target_cpu
         cfg.save(dst / "quant_config.json")
         shutil.rmtree(self.work / "results" / new_run, ignore_errors=True)
         shutil.copytree(self.work / "results" / src_run, self.work / "results" / new_run)
@@ -144,14 +142,15 @@ class Runner:
 
 def summarize(m: dict, fp32_ref: dict, source_stage: str) -> dict:
     """Headline numbers of one INT8 model: accuracy, macro-F1, drop from the FP32 model, agreement with its source,
-    and how close to a tie the source model was on the rows where they disagree."""
+    how close to a tie the source model was on the rows where they disagree, and its predictions (for the paired
+    statistics)."""
     int8 = m["onnx_int8_dynamic"]
     return {"accuracy": int8["accuracy"], "f1_macro": int8["f1_macro"],
             "acc_drop": fp32_ref["accuracy"] - int8["accuracy"], "f1_drop": fp32_ref["f1_macro"] - int8["f1_macro"],
             "agreement_with_source": int8["agreement"][source_stage]["agreement"],
             "source_accuracy": m[source_stage]["accuracy"], "source_f1_macro": m[source_stage]["f1_macro"],
             **disagreement_margins(m[source_stage], int8),
-            "predicted_shares": label_shares(int8["predictions"], int8["labels"])}
+            "predicted_shares": label_shares(int8["predictions"], int8["labels"]), "predictions": int8["predictions"]}
 
 
 def top2_margin(logits):
@@ -183,10 +182,13 @@ def run_info(work: Path, run: str) -> dict:
     return json.loads((work / "models" / run / "run_info.json").read_text())
 
 
-def validation(work: Path, run: str) -> dict:
-    """The run's best-epoch validation scores, as training recorded them."""
-    info = run_info(work, run)
-    return {"val_accuracy": info["val_accuracy"], "val_f1_macro": info["val_f1_macro"]}
+def training_record(r: Runner, run: str) -> dict:
+    """The run's validation scores and QAT-phase choice as training recorded them, and its training wall time."""
+    info = run_info(r.work, run)
+    last = list(info["phases"].values())[-1]
+    return {"val_accuracy": info["val_accuracy"], "val_f1_macro": info["val_f1_macro"], "train_s": r.train_s[run],
+            "phase_s": last["wall_s"],
+            "kept": last.get("kept"), "start_val_f1_macro": last.get("start_val_f1_macro")}
 
 
 def mean_std(values):
@@ -199,96 +201,133 @@ def fmt(values, scale=100.0, digits=2):
     return f"{m:.{digits}f} ± {s:.{digits}f}"
 
 
-ARMS = (  # key in a per-seed row, name in the report, source model named in the agreement column
-    ("ptq", "PTQ INT8", "FP32"),
-    ("qat", "QAT INT8 (from pretrained)", "eager QAT"),
-    ("qatft", "QAT INT8 (fine-tune of FP32)", "eager QAT"),
-    ("ptq_long", "PTQ INT8 of FP32 trained as long as FP32 + QAT-ft", "FP32 (long)"),
-)
+def macro_f1(truth, pred, labels) -> float:
+    from sklearn.metrics import f1_score
+
+    return float(f1_score(truth, pred, labels=labels, average="macro", zero_division=0))
 
 
-def arms_in(rows):
-    """The ARMS measured in rows (--skip-finetune leaves out the fine-tune and its control, --skip-from-pretrained
-    the QAT from pretrained)."""
-    return [arm for arm in ARMS if arm[0] in rows[0]]
+def paired(rows, a: str, b: str, truth: list[str], labels: list[str], n_boot: int = N_BOOT) -> dict:
+    """Model a against model b, paired by seed and by test row: per-seed macro-F1 differences (a - b), their mean
+    and std, a bootstrap 95% interval of the mean over seeds (test rows resampled with replacement, the same rows
+    for every seed and both models), and McNemar's exact test (binomial on the rows exactly one of them gets right,
+    pooled over seeds)."""
+    import numpy as np
+    from scipy.stats import binomtest
+
+    y = np.array(truth)
+    pa = [np.array(r[a]["predictions"]) for r in rows]
+    pb = [np.array(r[b]["predictions"]) for r in rows]
+    diffs = [macro_f1(y, x, labels) - macro_f1(y, z, labels) for x, z in zip(pa, pb)]
+    rng = np.random.default_rng(0)
+    boot = []
+    for _ in range(n_boot):
+        idx = rng.integers(0, len(y), len(y))
+        boot.append(np.mean([macro_f1(y[idx], x[idx], labels) - macro_f1(y[idx], z[idx], labels)
+                             for x, z in zip(pa, pb)]))
+    only_a = int(sum(((x == y) & (z != y)).sum() for x, z in zip(pa, pb)))
+    only_b = int(sum(((x != y) & (z == y)).sum() for x, z in zip(pa, pb)))
+    p = binomtest(only_a, only_a + only_b, 0.5).pvalue if only_a + only_b else 1.0
+    mean, std = mean_std(diffs)
+    return {"a": a, "b": b, "f1_diff_per_seed": diffs, "f1_diff_mean": mean, "f1_diff_std": std,
+            "f1_diff_ci95": [float(np.percentile(boot, 2.5)), float(np.percentile(boot, 97.5))],
+            "only_a_right": only_a, "only_b_right": only_b, "mcnemar_p": float(p)}
+
+
+def verdict(stat: dict) -> str:
+    """What a paired comparison shows: a difference whose 95% interval excludes 0, or none."""
+    lo, hi = stat["f1_diff_ci95"]
+    if lo > 0:
+        return "higher (95% interval above 0)"
+    if hi < 0:
+        return "lower (95% interval below 0)"
+    return "no difference shown (95% interval contains 0)"
 
 
 def pct(x, digits=2):
     return "–" if x is None else f"{x * 100:.{digits}f}"
 
 
-def margin(x):
-    return "–" if x is None else f"{x:.3f}"
+def pts(x):
+    return f"{x * 100:+.2f}"
 
 
-def write_report(rows, settings_rows, args, info, out_dir: Path, elapsed_s: float):
-    from evaluation import cpu_info
+def setting_stats(rows, setting: str, info: dict) -> dict:
+    truth, labels = info["test_truth"], info["labels"]
+    qat, ptq = f"qat_{setting}", f"ptq_{setting}"
+    return {"qat_vs_ptq": paired(rows, qat, ptq, truth, labels), "qat_vs_fp32": paired(rows, qat, "fp32", truth, labels),
+            "ptq_vs_fp32": paired(rows, ptq, "fp32", truth, labels)}
+
+
+def write_report(rows, ablation, args, info, out_dir: Path, elapsed_s: float):
+    from common import cpu_info
 
     cpu = cpu_info()
     report = args.report_name  # file names
     flags = ", ".join(f for f, on in cpu["flags"].items() if on) or "none of the tracked ones"
-    long_epochs = args.epochs + args.qatft_epochs
-    arms = arms_in(rows)
-    finetune = ("QAT fine-tune from FP32 and its equal-budget control: not run (--skip-finetune). " if args.skip_finetune
-                else f"QAT fine-tune from FP32: {args.qatft_epochs} epoch(s) at lr {args.qatft_lr}. Equal-budget "
-                     f"control: FP32 trained {long_epochs} epoch(s) at lr {args.lr} (as many epochs as FP32 + QAT-ft), "
-                     f"then PTQ. ")
-    if args.skip_from_pretrained:
-        finetune = "QAT from the pretrained model: not run (--skip-from-pretrained). " + finetune
-    L = [f"# FP32 vs PTQ vs QAT on {info['data']}", "",
-         f"Measured {datetime.date.today().isoformat()} on {cpu['model']} (ISA: {flags}), "
-         f"{os.cpu_count()} cores; wall time {elapsed_s / 60:.0f} min. Generated by `python benchmarks/ptq_vs_qat.py "
-         f"{' '.join(sys.argv[1:])}`; every number below is computed from the runs' files.", "",
-         f"Model `{args.model}` ({info['model_source']}); {args.max_train_samples} training rows (seeded subset), "
-         f"{args.epochs} epoch(s), lr {args.lr}, batch {args.batch_size}, max length {args.max_length}, "
+    stats = {s: setting_stats(rows, s, info) for s in args.settings}
+    b = rows[0]["budget"]
+    L = [f"# FP32 vs PTQ vs the default QAT recipe on {info['data']}", "",
+         f"Measured {datetime.date.today().isoformat()} on {cpu['model']} (ISA: {flags}), {os.cpu_count()} cores; "
+         f"wall time {elapsed_s / 60:.0f} min. Generated by `python benchmarks/ptq_vs_qat.py {' '.join(sys.argv[1:])}`; "
+         f"every number below is computed from the runs' files.", "",
+         f"Model `{args.model}` ({info['model_source']}); {args.max_train_samples} training rows (seeded subset), batch "
+         f"{args.batch_size}, max length {args.max_length}, "
          f"{'class-balanced' if args.class_weight == 'balanced' else 'plain'} cross-entropy"
-         f"{', batches grouped by length' if args.group_by_length else ''}; best epoch by "
-         f"validation macro-F1. {finetune}Test split: {info['n_test']} rows. Quantization: ONNX Runtime `quantize_dynamic`, int8 weights "
-         f"per tensor unless stated. Agreement = share of test rows where the INT8 model predicts the same label as "
-         f"the model it was made from (its source: the FP32 model for PTQ, the eager QAT simulation for QAT). "
-         f"Margin = the source model's top-2 logit margin on the rows where its INT8 model differs (near-ties when "
-         f"small against the median margin over all rows). Validation = the source model's best-epoch validation "
-         f"accuracy recorded by training (run_info.json).", "",
-         "## Per seed (%)", "",
-         "| seed | model | source acc / F1 | INT8 acc / F1 | source val acc | agreement | rows differ | "
-         "max margin of differing rows | median margin, all rows |",
-         "|---|---|---|---|---|---|---|---|---|"]
+         f"{', batches grouped by length' if args.group_by_length else ''}. FP32 phase: {b['fp32']['epochs']:g} "
+         f"epoch(s) at lr {b['fp32']['lr']:g}. QAT phase: {b['qat']['epochs']:g} epoch(s) at lr {b['qat']['lr']:g}, "
+         f"distillation weight {b['qat']['distill_weight']:g} at temperature {b['qat']['distill_temperature']:g}, "
+         f"started from the same seed's FP32 model, which it keeps when no QAT epoch beats it on validation "
+         f"(column 'kept'). Test split: {info['n_test']} rows. PTQ = `quantize_dynamic` of the FP32 model; 8-bit "
+         f"weights = `--target-cpu vnni`, 7-bit = `--target-cpu portable` (reduce_range). Agreement = share of test "
+         f"rows where the INT8 model predicts what its source predicts (FP32 for PTQ, the eager QAT simulation for QAT).",
+         "", "## Per seed (macro-F1 %, test split)", "",
+         "| seed | FP32 | setting | PTQ INT8 | QAT INT8 | QAT - PTQ | QAT - FP32 | QAT agrees w/ simulation | "
+         "PTQ agrees w/ FP32 | QAT phase kept | QAT val F1 (start) |",
+         "|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
-        L.append(f"| {r['seed']} | FP32 (PyTorch) | {pct(r['fp32']['accuracy'])} / {pct(r['fp32']['f1_macro'])} | – | "
-                 f"{pct(r['fp32']['val_accuracy'])} | – | – | – | – |")
-        for key, name, _ in arms:
-            a = r[key]
-            L.append(f"| {r['seed']} | {name} | {pct(a['source_accuracy'])} / {pct(a['source_f1_macro'])} | "
-                     f"{pct(a['accuracy'])} / {pct(a['f1_macro'])} | {pct(a['val_accuracy'])} | "
-                     f"{pct(a['agreement_with_source'], 1)} | {a['n_disagree']} | {margin(a['disagree_margin_max'])} | "
-                     f"{margin(a['margin_median_all'])} |")
+        for s in args.settings:
+            q, p = r[f"qat_{s}"], r[f"ptq_{s}"]
+            L.append(f"| {r['seed']} | {pct(r['fp32']['f1_macro'])} | {s} | {pct(p['f1_macro'])} | {pct(q['f1_macro'])} | "
+                     f"{pts(q['f1_macro'] - p['f1_macro'])} | {pts(q['f1_macro'] - r['fp32']['f1_macro'])} | "
+                     f"{pct(q['agreement_with_source'], 1)} | {pct(p['agreement_with_source'], 1)} | {q['kept']} | "
+                     f"{pct(q['val_f1_macro'])} ({pct(q['start_val_f1_macro'])}) |")
     L += ["", f"## Mean ± std over {len(rows)} seeds (%)", "",
-          "| model | accuracy | macro-F1 | accuracy drop vs FP32 | macro-F1 drop vs FP32 | agreement with source | "
-          "source val acc |",
-          "|---|---|---|---|---|---|---|",
-          f"| FP32 (PyTorch) | {fmt(r['fp32']['accuracy'] for r in rows)} | {fmt(r['fp32']['f1_macro'] for r in rows)} | "
-          f"– | – | – | {fmt(r['fp32']['val_accuracy'] for r in rows)} |"]
-    if "fp32long" in rows[0]:
-        L.append(f"| FP32 (PyTorch), {long_epochs} epochs | {fmt(r['fp32long']['accuracy'] for r in rows)} | "
-                 f"{fmt(r['fp32long']['f1_macro'] for r in rows)} | – | – | – | "
-                 f"{fmt(r['fp32long']['val_accuracy'] for r in rows)} |")
-    for key, name, _ in arms:
-        L.append(f"| {name} | {fmt(r[key]['accuracy'] for r in rows)} | {fmt(r[key]['f1_macro'] for r in rows)} | "
-                 f"{fmt(r[key]['acc_drop'] for r in rows)} | {fmt(r[key]['f1_drop'] for r in rows)} | "
-                 f"{fmt(r[key]['agreement_with_source'] for r in rows)} | {fmt(r[key]['val_accuracy'] for r in rows)} |")
-    L += ["", f"Drops are against the FP32 model of {args.epochs} epoch(s)" +
-          (f", except the equal-budget PTQ row: against the FP32 model of {long_epochs} epochs it was made from."
-           if "ptq_long" in rows[0] else "."), ""]
-    L += near_tie_summary(rows)
-    L += label_share_table(rows, info)
-    if settings_rows:
-        L += ["", f"## Quantization settings (seed {rows[0]['seed']}; same settings in QAT simulation and quantize_dynamic)",
-              "", "| setting | PTQ INT8 acc / F1 | PTQ agree w/ FP32 | QAT INT8 acc / F1 | QAT agree w/ eager QAT |",
-              "|---|---|---|---|---|"]
-        for s in settings_rows:
-            L.append(f"| {s['setting']} | {s['ptq']['accuracy'] * 100:.2f} / {s['ptq']['f1_macro'] * 100:.2f} | "
-                     f"{s['ptq']['agreement_with_source'] * 100:.1f} | {s['qat']['accuracy'] * 100:.2f} / "
-                     f"{s['qat']['f1_macro'] * 100:.2f} | {s['qat']['agreement_with_source'] * 100:.1f} |")
+          "| setting | FP32 macro-F1 | PTQ INT8 macro-F1 | QAT INT8 macro-F1 | PTQ accuracy | QAT accuracy |",
+          "|---|---|---|---|---|---|"]
+    for s in args.settings:
+        L.append(f"| {s} | {fmt(r['fp32']['f1_macro'] for r in rows)} | {fmt(r[f'ptq_{s}']['f1_macro'] for r in rows)} | "
+                 f"{fmt(r[f'qat_{s}']['f1_macro'] for r in rows)} | {fmt(r[f'ptq_{s}']['accuracy'] for r in rows)} | "
+                 f"{fmt(r[f'qat_{s}']['accuracy'] for r in rows)} |")
+    L += ["", "## Paired differences (macro-F1 points)", "",
+          f"Per-seed differences, their mean ± std, a bootstrap 95% interval of the mean over seeds ({N_BOOT} "
+          f"resamples of the test rows) and McNemar's exact p over the rows exactly one model gets right (pooled over "
+          f"seeds).", "",
+          "| setting | comparison | per seed | mean ± std | 95% interval | rows only A right / only B right | "
+          "McNemar p | reading |", "|---|---|---|---|---|---|---|---|"]
+    names = {"qat_vs_ptq": "QAT - PTQ", "qat_vs_fp32": "QAT - FP32", "ptq_vs_fp32": "PTQ - FP32"}
+    for s in args.settings:
+        for key, st in stats[s].items():
+            lo, hi = st["f1_diff_ci95"]
+            L.append(f"| {s} | {names[key]} | {', '.join(pts(d) for d in st['f1_diff_per_seed'])} | "
+                     f"{st['f1_diff_mean'] * 100:+.2f} ± {st['f1_diff_std'] * 100:.2f} | [{lo * 100:+.2f}, {hi * 100:+.2f}] | "
+                     f"{st['only_a_right']} / {st['only_b_right']} | {st['mcnemar_p']:.3f} | {verdict(st)} |")
+    L += ["", "## Targets (issue: QAT within 0.5 point of FP32 with 8-bit weights, within 1.0 with 7-bit; never below "
+          "PTQ; with 7-bit weights recovering at least half of what PTQ loses)", ""]
+    for s in args.settings:
+        L += target_lines(rows, s, stats[s])
+    L += ["", "## Training time (wall, this machine)", "",
+          "| seed | FP32 phase (s) | " + " | ".join(f"QAT phase {s} (s) | recipe / FP32 {s}" for s in args.settings) + " |",
+          "|---|---|" + "---|---|" * len(args.settings)]
+    for r in rows:
+        f = r["fp32"]["phase_s"]
+        L.append(f"| {r['seed']} | {f:.0f} | " + " | ".join(f"{r[f'qat_{s}']['phase_s']:.0f} | "
+                                                         f"{(f + r[f'qat_{s}']['phase_s']) / f:.2f}x" for s in args.settings) + " |")
+    L += ["", "Phase times as training recorded them (run_info.json `phases`: the QAT phase's teacher logits, start "
+          "evaluation, training and validation included); start-up, tokenization and loading, the same for both "
+          "recipes, are left out.", ""]
+    if ablation:
+        L += ablation_lines(rows[0], ablation)
     L += ["", f"![chart]({report}.png)", ""]
     reading = f"{report}_reading.md"  # written by hand; never written here
     if (out_dir / reading).is_file():
@@ -297,65 +336,68 @@ def write_report(rows, settings_rows, args, info, out_dir: Path, elapsed_s: floa
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / f"{report}.md").write_text("\n".join(L))
     config = {k: v for k, v in vars(args).items() if k != "defaults"}
-    (out_dir / f"{report}.json").write_text(json.dumps({"config": config, "cpu": cpu, "test_label_shares":
-                                                         info["test_label_shares"], "per_seed": rows,
-                                                         "settings": settings_rows}, indent=2))
-    plot(rows, out_dir / f"{report}.png")
+    (out_dir / f"{report}.json").write_text(json.dumps(
+        {"config": config, "cpu": cpu, "date": datetime.date.today().isoformat(), "wall_s": elapsed_s,
+         "info": info, "per_seed": rows, "paired": stats, "ablation": ablation}, indent=2))
+    plot(rows, args.settings, out_dir / f"{report}.png")
     print("\n".join(L))
 
 
-def near_tie_summary(rows) -> list[str]:
-    """One generated sentence per arm: how close to a tie the rows were where INT8 and its source disagree."""
-    L = ["## Rows where an INT8 model differs from its source", ""]
-    for key, name, source in arms_in(rows):
-        n = sum(r[key]["n_disagree"] for r in rows)
-        if n == 0:
-            L.append(f"- {name}: no test row differs from the {source} model in any seed.")
-            continue
-        worst = max(r[key]["disagree_margin_max"] for r in rows if r[key]["n_disagree"])
-        median_all = statistics.median(r[key]["margin_median_all"] for r in rows)
-        L.append(f"- {name}: {n} row(s) over {len(rows)} seed(s) differ from the {source} model; there its top-2 "
-                 f"logit margin is at most {worst:.3f} (median margin over all test rows: {median_all:.3f}).")
+def target_lines(rows, s: str, st: dict) -> list[str]:
+    """The issue's targets for one weight setting, checked on the seed means (with the paired interval beside)."""
+    fp32 = statistics.mean(r["fp32"]["f1_macro"] for r in rows)
+    qat = statistics.mean(r[f"qat_{s}"]["f1_macro"] for r in rows)
+    ptq = statistics.mean(r[f"ptq_{s}"]["f1_macro"] for r in rows)
+    tol = 0.005 if s == "8bit" else 0.010
+    lines = [f"- {s}: QAT {qat * 100:.2f} vs FP32 {fp32 * 100:.2f}: {'within' if fp32 - qat <= tol else 'NOT within'} "
+             f"{tol * 100:.1f} point; vs PTQ {ptq * 100:.2f}: {'not below' if qat >= ptq else 'BELOW'} "
+             f"(paired: {verdict(st['qat_vs_ptq'])})."]
+    if s == "7bit":
+        lost = fp32 - ptq
+        regained = (qat - ptq) / lost if lost > 0 else None
+        lines.append(f"- 7bit: PTQ loses {lost * 100:.2f} points; QAT regains "
+                     + ("– (PTQ lost nothing)" if regained is None else f"{regained * 100:.0f}% of it") + ".")
+    return lines
+
+
+def ablation_lines(row: dict, ablation: dict) -> list[str]:
+    L = [f"## Ablation (seed {row['seed']}, 7-bit weights, one seed: indicative only)", "",
+         "| QAT variant | INT8 macro-F1 | INT8 accuracy | agrees w/ simulation | val macro-F1 | kept | training (s) |",
+         "|---|---|---|---|---|---|---|",
+         f"| default recipe (FP32 phase + distilled QAT phase) | {pct(row['qat_7bit']['f1_macro'])} | "
+         f"{pct(row['qat_7bit']['accuracy'])} | {pct(row['qat_7bit']['agreement_with_source'], 1)} | "
+         f"{pct(row['qat_7bit']['val_f1_macro'])} | {row['qat_7bit']['kept']} | {row['qat_7bit']['train_s']:.0f} |"]
+    names = {"nodistill": "QAT phase without distillation (--distill-weight 0)",
+             "pretrained": "QAT from the pretrained model (--recipe qat-from-pretrained)"}
+    for key, a in ablation.items():
+        L.append(f"| {names[key]} | {pct(a['f1_macro'])} | {pct(a['accuracy'])} | {pct(a['agreement_with_source'], 1)} | "
+                 f"{pct(a['val_f1_macro'])} | {a['kept']} | {a['train_s']:.0f} |")
     return L + [""]
 
 
-def label_share_table(rows, info) -> list[str]:
-    """True label shares of the test split beside each model's predicted shares (mean over seeds)."""
-    labels = list(info["test_label_shares"])
-    L = ["## Label shares on the test split (%; predictions: mean over seeds)", "",
-         "| | " + " | ".join(labels) + " |", "|---|" + "---|" * len(labels),
-         "| true labels | " + " | ".join(pct(info["test_label_shares"][l], 1) for l in labels) + " |"]
-    for key, name, _ in (("fp32", "FP32 (PyTorch)", None), *arms_in(rows)):
-        shares = [statistics.mean(r[key]["predicted_shares"][l] for r in rows) for l in labels]
-        L.append(f"| {name} predicts | " + " | ".join(pct(x, 1) for x in shares) + " |")
-    return L + [""]
-
-
-def plot(rows, path):
+def plot(rows, settings, path):
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    bars = [(k, n, c) for k, n, c in (("fp32", "FP32", "#888"), ("ptq", "PTQ INT8", "#d62728"),
-                                      ("qat", "QAT INT8", "#1f77b4"), ("qatft", "QAT-ft INT8", "#2ca02c"),
-                                      ("fp32long", "FP32 long", "#bbb"), ("ptq_long", "PTQ-long INT8", "#ff9896"))
-            if k in rows[0]]
-    keys, names, colors = zip(*bars)
-    fig, axes = plt.subplots(1, 2, figsize=(13, 4))
-    for ax, metric in zip(axes, ("accuracy", "f1_macro")):
-        means = [mean_std(r[k][metric] * 100 for r in rows) for k in keys]
-        ax.bar(names, [m for m, _ in means], yerr=[s for _, s in means], capsize=4, color=colors)
-        lo = min(m - s for m, s in means)
-        ax.set_ylim(max(0, lo - 5), min(100, max(m + s for m, s in means) + 2))
-        ax.set_title(f"test {metric} (%), mean ± std over {len(rows)} seeds")
-        ax.tick_params(axis="x", labelsize=8)
+    fig, ax = plt.subplots(figsize=(8, 4))
+    keys = ["fp32"] + [f"{a}_{s}" for s in settings for a in ("ptq", "qat")]
+    colors = {"fp32": "#888", "ptq": "#d62728", "qat": "#1f77b4"}
+    means = [mean_std(r[k]["f1_macro"] * 100 for r in rows) for k in keys]
+    ax.bar([k.replace("_", " ") for k in keys], [m for m, _ in means], yerr=[sd for _, sd in means], capsize=4,
+           color=[colors[k.split("_")[0]] for k in keys])
+    for i, k in enumerate(keys):  # every seed, so the pairing is visible
+        ax.plot([i] * len(rows), [r[k]["f1_macro"] * 100 for r in rows], "k.", alpha=0.6)
+    lo = min(m - sd for m, sd in means)
+    ax.set_ylim(max(0, lo - 5), min(100, max(m + sd for m, sd in means) + 3))
+    ax.set_title(f"test macro-F1 (%), mean ± std and each seed ({len(rows)} seeds)")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
 
 
-SMOKE = {"seeds": [1], "max_train_samples": 200, "epochs": 1, "qatft_epochs": 1, "lr": 2e-3, "qatft_lr": 1e-3,
+SMOKE = {"seeds": [1], "max_train_samples": 200, "epochs": 1, "lr": 2e-3, "qat_epochs": 1, "qat_lr": 1e-3,
          "max_length": 32}
 
 
@@ -382,33 +424,40 @@ def smoke_setup(args):
             setattr(args, k, v)
 
 
+def phase_budget(r: Runner, fp32_run: str, qat_run: str) -> dict:
+    fp32, qat = run_info(r.work, fp32_run)["phases"]["fp32"], run_info(r.work, qat_run)["phases"]["qat"]
+    return {"fp32": {k: fp32[k] for k in ("epochs", "lr")},
+            "qat": {k: qat[k] for k in ("epochs", "lr", "distill_weight", "distill_temperature")}}
+
+
 def run_seed(r: Runner, seed: int) -> dict:
     """Train and deploy every arm for one seed; their headline numbers."""
-    a = r.args
-    fp32_run, qat_run, qatft_run, long_run = f"fp32-s{seed}", f"qat-s{seed}", f"qatft-s{seed}", f"fp32long-s{seed}"
-    r.train(fp32_run, seed, "--no-qat")
-    m_fp32 = r.deploy(fp32_run, eager_stages=("fp32",))
+    fp32_run = f"fp32-s{seed}"
+    r.train(fp32_run, seed, "--no-qat", "--target-cpu", "vnni")
+    m_fp32 = r.deploy(fp32_run, eager_stage="eager_fp32")
     ref = m_fp32["eager_fp32"]
+    row = {"seed": seed, "fp32": {"accuracy": ref["accuracy"], "f1_macro": ref["f1_macro"],
+                                  "predictions": ref["predictions"], **training_record(r, fp32_run)}}
+    for s in r.args.settings:
+        m_ptq = m_fp32 if TARGETS[s] == "vnni" else r.requantize(fp32_run, f"fp32-s{seed}-{s}", TARGETS[s])
+        row[f"ptq_{s}"] = {**summarize(m_ptq, ref, "eager_fp32"), **training_record(r, fp32_run)}
+        qat_run = f"qat-s{seed}-{s}"
+        r.train(qat_run, seed, "--init-from", fp32_run, "--target-cpu", TARGETS[s])
+        row[f"qat_{s}"] = {**summarize(r.deploy(qat_run), ref, "eager_qat"), **training_record(r, qat_run)}
+        row["budget"] = phase_budget(r, fp32_run, qat_run)
+    return row
 
-    def fp32_entry(m, run):
-        return {"accuracy": m["accuracy"], "f1_macro": m["f1_macro"], **validation(r.work, run),
-                "predicted_shares": label_shares(m["predictions"], m["labels"])}
 
-    row = {"seed": seed, "fp32": fp32_entry(ref, fp32_run),
-           "ptq": {**summarize(m_fp32, ref, "eager_fp32"), **validation(r.work, fp32_run)}}
-    if not a.skip_from_pretrained:
-        r.train(qat_run, seed)
-        row["qat"] = {**summarize(r.deploy(qat_run), ref, "eager_qat"), **validation(r.work, qat_run)}
-    if a.skip_finetune:
-        return row
-    r.train(qatft_run, seed, "--init-from", fp32_run, epochs=a.qatft_epochs, lr=a.qatft_lr)
-    m_qatft = r.deploy(qatft_run)
-    r.train(long_run, seed, "--no-qat", epochs=a.epochs + a.qatft_epochs)
-    m_long = r.deploy(long_run, eager_stages=("fp32",))
-    ref_long = m_long["eager_fp32"]
-    return {**row, "fp32long": fp32_entry(ref_long, long_run),
-            "qatft": {**summarize(m_qatft, ref, "eager_qat"), **validation(r.work, qatft_run)},
-            "ptq_long": {**summarize(m_long, ref_long, "eager_fp32"), **validation(r.work, long_run)}}
+def run_ablation(r: Runner, seed: int) -> dict:
+    """The default 7-bit recipe's pieces switched off, one at a time (first seed)."""
+    ref = r.metrics(f"fp32-s{seed}")["eager_fp32"]
+    out = {}
+    for key, flags in (("nodistill", ["--init-from", f"fp32-s{seed}", "--distill-weight", "0"]),
+                       ("pretrained", ["--recipe", "qat-from-pretrained"])):
+        run = f"qat-s{seed}-7bit-{key}"
+        r.train(run, seed, "--target-cpu", "portable", *flags)
+        out[key] = {**summarize(r.deploy(run), ref, "eager_qat"), **training_record(r, run)}
+    return out
 
 
 def main():
@@ -417,35 +466,27 @@ def main():
         smoke_setup(args)
     t_start = time.time()
     r = Runner(args)
-    rows, settings_rows = [], []
+    rows, ablation = [], {}
     for seed in args.seeds:
         print(f"seed {seed}", flush=True)
         rows.append(run_seed(r, seed))
-        print(json.dumps(rows[-1]), flush=True)
         # after every seed, so that an interrupted benchmark still leaves the seeds it finished
-        write_report(rows, [], args, report_info(r, args), Path(args.out_dir), time.time() - t_start)
-    if not args.skip_settings:
-        seed = args.seeds[0]
-        ref = r.metrics(f"fp32-s{seed}")["eager_fp32"]
-        settings = {k: SETTINGS[k] for k in ("int8-per-tensor", "int8-per-channel")} if args.smoke else SETTINGS
-        for name, flags in settings.items():
-            print(f"setting {name}", flush=True)
-            if not flags:  # the default setting was measured above
-                m_ptq, m_qat = r.metrics(f"fp32-s{seed}"), r.metrics(f"qat-s{seed}")
-            else:
-                m_ptq = r.requantize(f"fp32-s{seed}", f"fp32-s{seed}-{name}", flags)
-                r.train(f"qat-s{seed}-{name}", seed, *flags)
-                m_qat = r.deploy(f"qat-s{seed}-{name}")
-            settings_rows.append({"setting": name, "ptq": summarize(m_ptq, ref, "eager_fp32"),
-                                  "qat": summarize(m_qat, ref, "eager_qat")})
-        write_report(rows, settings_rows, args, report_info(r, args), Path(args.out_dir), time.time() - t_start)
+        write_report(rows, ablation, args, report_info(r, args), Path(args.out_dir), time.time() - t_start)
+    if args.ablations:
+        ablation = run_ablation(r, args.seeds[0])
+        write_report(rows, ablation, args, report_info(r, args), Path(args.out_dir), time.time() - t_start)
 
 
 def report_info(r: Runner, args) -> dict:
-    int8 = r.metrics(f"fp32-s{args.seeds[0]}")["onnx_int8_dynamic"]  # every configuration trains fp32
-    return {"data": args.data_dir, "n_test": int8["n_samples"],
-            "model_source": run_info(r.work, f"fp32-s{args.seeds[0]}")["model_source"],
-            "test_label_shares": {l: c["support"] / int8["n_samples"] for l, c in int8["per_class"].items()}}
+    import pandas as pd
+
+    from common import load_split
+
+    ref = r.metrics(f"fp32-s{args.seeds[0]}")["eager_fp32"]
+    truth = load_split(args.data_dir, "test").labels
+    return {"data": os.path.relpath(args.data_dir, ROOT), "n_test": ref["n_samples"], "labels": ref["labels"],
+            "model_source": run_info(r.work, f"fp32-s{args.seeds[0]}")["model_source"], "test_truth": truth}
+
 
 if __name__ == "__main__":
     main()
