@@ -329,6 +329,13 @@ def training_arguments(args, phase: Phase, output_dir):
         train_sampling_strategy="group_by_length" if args.group_by_length else "random")
 
 
+def training_curve(log_history: list[dict]) -> dict:
+    """The phase's training loss (every logging step) and validation scores (every epoch) from the Trainer's log."""
+    return {"loss": [[h["epoch"], h["loss"]] for h in log_history if "loss" in h],
+            "val_f1_macro": [[h["epoch"], h["eval_f1_macro"]] for h in log_history if "eval_f1_macro" in h],
+            "val_loss": [[h["epoch"], h["eval_loss"]] for h in log_history if "eval_loss" in h]}
+
+
 def train_phase(phase: Phase, model, data: dict, args, qcfg: QuantConfig, weights, ckpt_dir: Path):
     """Train model in place for one phase; returns the trained model, the phase's record for run_info.json, and
     whether this is the main process (the one that writes the run).
@@ -356,6 +363,10 @@ def train_phase(phase: Phase, model, data: dict, args, qcfg: QuantConfig, weight
     record["world_size"] = training_args.world_size
     start = trainer.evaluate() if phase.qat else None
     trainer.train()
+    curve = training_curve(trainer.state.log_history)  # before the final evaluation, which repeats the best epoch's
+    if start is not None:  # the QAT phase's start point (PTQ of the starting weights) at epoch 0
+        curve["val_f1_macro"].insert(0, [0.0, start["eval_f1_macro"]])
+        curve["val_loss"].insert(0, [0.0, start["eval_loss"]])
     val = trainer.evaluate()
     record.update(val_accuracy=val["eval_accuracy"], val_f1_macro=val["eval_f1_macro"], kept="trained")
     if start is not None:
@@ -365,6 +376,7 @@ def train_phase(phase: Phase, model, data: dict, args, qcfg: QuantConfig, weight
                 trainer.model.load_state_dict(start_state)
             record.update(val_accuracy=start["eval_accuracy"], val_f1_macro=start["eval_f1_macro"], kept="start")
     record["wall_s"] = time.perf_counter() - t0  # the whole phase: teacher logits, evaluations and training
+    record["curve"] = curve
     print(f"{phase.name} phase: validation accuracy {record['val_accuracy']:.4f}, macro-F1 {record['val_f1_macro']:.4f}"
           + (f" (start point {start['eval_f1_macro']:.4f}: kept the {record['kept']} weights)" if start else ""))
     return trainer.model, record, trainer.is_world_process_zero()
