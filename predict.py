@@ -33,9 +33,9 @@ from common import MODELS_DIR, PipelineError, main_guard, write_json
 from scoring import (FORMATS, STATUSES, check_no_collision, count_statuses, format_of, model_sha256,
                      output_columns, score_texts)
 
-BATCH_DEPENDENCE = ("ONNX Runtime's dynamic quantization scales activations per batch: with batches of 32 sorted by "
-                    "length, 1.4%% of SmSA test labels differ from scoring each text alone "
-                    "(benchmarks/reports/batch_dependence.md)")
+BATCH_DEPENDENCE = ("ONNX Runtime's dynamic quantization scales activations per batch: with batches of 32, 1.6%% of "
+                    "the labels of 100,000 SmSA texts differed from scoring each text alone (the default model, "
+                    "2026-11-28; benchmarks/reports/batch_scoring_reading.md)")
 # Test hook: with N chunks recorded, kill this process (SIGKILL) once the next chunk's output is written but not
 # yet recorded, the worst moment for a crash; tests/test_predict.py and the benchmark use it to check --resume.
 KILL_AFTER_ENV = "QAT_PREDICT_KILL_AFTER_CHUNKS"
