@@ -2,7 +2,8 @@
 
 Every stage sees the same batches (texts sorted by length, padded per batch, same batch size), because
 ONNX Runtime's dynamic activation scales are per tensor and so depend on every row and pad of a batch.
-Writes results/<run>/metrics_<stage>.json and confusion_matrix_<stage>.png.
+Writes results/<run>/metrics_<stage>.json and confusion_matrix_<stage>.png, then rewrites the run's model card
+(models/<run>/README.md) and training curve (results/<run>/training_curve.png) with model_card.py.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import numpy as np
 
 from common import (atomic_output, check_known_labels, cpu_info, file_size_mb, lineage_conflicts, load_run_labels,
                     load_split, make_batches, results_dir, write_json)
+from model_card import write_model_card
 from predictor import Predictor, ort_session  # noqa: F401  (ort_session: re-exported for benchmarks/speed.py)
 
 # The script that writes each stage's metrics, named when stale metrics are skipped.
@@ -182,6 +184,7 @@ def evaluate(args, rdir: Path, stage: str, model_path: Path, predict, threads: i
                           f"{rdir.name} / {stage}\naccuracy {metrics['accuracy']:.4f}, macro-F1 {metrics['f1_macro']:.4f}",
                           out_dir / f"confusion_matrix_{stage}.png")
     print_report(metrics, out_dir, stage)
+    print(f"  wrote the model card {write_model_card(rdir, out_dir)}")
     return metrics
 
 
