@@ -373,7 +373,7 @@ def headline() -> str:
     if (REPORTS / "pipeline_e5-smsa-full-2ep.json").is_file():
         d = load("pipeline_e5-smsa-full-2ep.json")
         s = d["stages"]["onnx_int8_dynamic_per_text"]
-        rows.append(f"| INT8 test macro-F1 on SmSA, 11,000 training rows ({recipe_of(d['training'], d['date'])}) | "
+        rows.append(f"| INT8 test macro-F1 on SmSA, 11,000 training rows; recipe: {recipe_of(d['training'], d['date'])} | "
                     f"{pct(s['f1_macro'])} | {day(d['date'])}, {cpu_text(d['cpu'], d.get('cores'))} | "
                     f"[SmSA](benchmarks/README.md#smsa) |")
     for path in sorted(REPORTS.glob("ptq_vs_qat*.json")):

@@ -4,8 +4,10 @@ every repository file a README names exists. Catches documentation left behind b
 command given the wrong script's option, and a renamed or deleted file."""
 
 import functools
+import json
 import os
 import re
+import shutil
 import subprocess
 import sys
 
@@ -80,3 +82,157 @@ def test_the_checks_catch_a_wrong_option_and_a_missing_file():
     assert "--no-such-option" not in options_of("train_eager_qat.py")
     assert REPO_FILE.findall("see `benchmarks/reports/speed.md`, `quant_sim.py`") == ["benchmarks/reports/speed.md",
                                                                                       "quant_sim.py"]
+
+
+# ---------------------------------------------------------------- figures: every number checked against its report
+
+sys.path.insert(0, str(ROOT / "benchmarks"))
+import results_page  # noqa: E402
+
+RESULTS_LINK = re.compile(r"\[([^]]*)\]\(benchmarks/README\.md#([\w-]+)\)")
+NUMBER = re.compile(r"\d{4}-\d{2}-\d{2}|(?<![\w.])\d+(?:,\d{3})*(?:\.\d+)?")
+FENCE = re.compile(r"^```(\w*)\n(.*?)^```", re.S | re.M)
+# Numbers the READMEs may give outside a link to the results page: not measurements, each with where it comes from.
+# (Small counts up to 12, and every number of a script's --help or a requirement file, are allowed as well.)
+CONSTANTS = {"17": "Java 17 (scripts/setup_env.sh)", "80": "prepare_data.py's 80/10/10 split",
+             "16": "the 16-bit pair sums of x86 kernels without VNNI (common.int8_cpu_mismatch)",
+             "503": "HTTP status of serve.py when busy", "127.0": "127.0.0.1, serve.py's default --host"}
+# "(default: X)" and "default X" in a script's --help: the settings the READMEs may quote.
+HELP_DEFAULT = re.compile(r"\(default: ([^)]*)\)|default (\d[\d.e-]*)")
+
+
+def prose(doc: str) -> str:
+    """The text a reader reads as prose: without code blocks, inline code, HTML comments, the generated headline
+    table (checked below against the generator), link targets, and the texts of links to the results page (checked
+    against the section they link to)."""
+    t = results_page.HEADLINE.sub("", text(doc))
+    t = FENCE.sub("", t)
+    t = re.sub(r"`[^`\n]*`", "", t)
+    t = re.sub(r"<!--.*?-->", "", t, flags=re.S)
+    t = RESULTS_LINK.sub("", t)
+    return re.sub(r"\]\([^)]*\)", "]", t)
+
+
+@functools.lru_cache(maxsize=None)
+def allowed_numbers() -> frozenset:
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "COLUMNS": "200"}
+    found = set(CONSTANTS) | {str(i) for i in range(13)}
+    for script in cli_scripts():
+        out = subprocess.run([sys.executable, str(ROOT / script), "--help"], capture_output=True, text=True, env=env,
+                             cwd=ROOT, timeout=300).stdout
+        found |= {n for pair in HELP_DEFAULT.findall(out) for d in pair for n in NUMBER.findall(d)}
+    for req in ROOT.glob("requirements*.txt"):
+        found |= set(NUMBER.findall(req.read_text()))
+    return frozenset(found)
+
+
+def test_the_results_page_and_the_guides_table_are_what_the_reports_give():
+    """benchmarks/README.md and README_DEPLOYMENT.md's headline table are generated from the reports' JSON: a report
+    changed (or added, or archived) without regenerating them fails here."""
+    assert (ROOT / "benchmarks" / "README.md").read_text() == results_page.page(), \
+        "benchmarks/README.md is not what the reports give: run python benchmarks/results_page.py"
+    guide = text("README_DEPLOYMENT.md")
+    assert guide == results_page.guide_with_headline(guide), \
+        "README_DEPLOYMENT.md's headline table is not what the reports give: run python benchmarks/results_page.py"
+
+
+@pytest.mark.parametrize("doc", DOCS)
+def test_figures_linked_to_the_results_page_are_the_figures_of_their_section(doc):
+    """A figure the READMEs give is written as a link to the results-page section (one report's table) it comes from,
+    and must be a figure of that section: a report re-measured, or a number typed wrong, fails here."""
+    sections = {anchor: body for anchor, _, body in results_page.sections()}
+    links = RESULTS_LINK.findall(text(doc))
+    assert links, f"{doc} links to no section of the results page"
+    wrong = []
+    for label, anchor in links:
+        if anchor not in sections:
+            wrong.append(f"[{label}](#{anchor}): no such section")
+            continue
+        have = set(NUMBER.findall(sections[anchor]))
+        wrong += [f"[{label}](#{anchor}): {n} is not in that section" for n in NUMBER.findall(label) if n not in have]
+    assert not wrong, f"{doc}: {wrong}"
+
+
+@pytest.mark.parametrize("doc", DOCS)
+def test_no_number_in_the_docs_escapes_the_check(doc):
+    """Every other number in the prose is a count, a default a script's --help gives, a version of a requirement
+    file, or a constant listed above: a measured figure typed into the prose (not linked to its report) fails."""
+    loose = sorted(set(NUMBER.findall(prose(doc))) - allowed_numbers())
+    assert not loose, (f"{doc} gives numbers that no test checks: {loose}; write a measured figure as a link to its "
+                       f"section of benchmarks/README.md")
+
+
+def test_reports_record_no_absolute_paths():
+    found = [f"{p.relative_to(ROOT)}: {m.group(0)}" for p in sorted(results_page.REPORTS.rglob("*"))
+             if p.is_file() and p.suffix in (".md", ".json") for m in [results_page.ABSOLUTE.search(p.read_text())] if m]
+    assert not found, f"reports with absolute paths (run python benchmarks/results_page.py): {found}"
+
+
+@pytest.mark.parametrize("doc", DOCS + ("benchmarks/README.md",))
+def test_no_archived_report_is_cited(doc):
+    archived = {p.name for p in (results_page.REPORTS / "archive").iterdir()} - {"README.md"}
+    cited = sorted(n for n in archived if n in text(doc))
+    assert not cited, f"{doc} cites archived (superseded) reports: {cited}"
+
+
+def heading_anchors(doc: str) -> set:
+    """GitHub's anchors of a Markdown file's headings."""
+    return {re.sub(r"[^\w\- ]", "", h.strip().lower()).replace(" ", "-")
+            for h in re.findall(r"^#+ (.*)$", FENCE.sub("", text(doc)), re.M)}
+
+
+@pytest.mark.parametrize("doc", DOCS)
+def test_links_between_the_readmes_land_on_a_heading(doc):
+    wrong = [f"{target}#{anchor}" for target, anchor in re.findall(r"\]\((README(?:_DEPLOYMENT)?\.md)#([\w-]+)\)", text(doc))
+             if anchor not in heading_anchors(target)]
+    assert not wrong, f"{doc} links to headings that do not exist: {wrong}"
+
+
+def synthetic_ptq_report(new: bool) -> dict:
+    seeds = [{"seed": s, "fp32": {"f1_macro": 0.80 + s / 100}} for s in (1, 2)]
+    for r in seeds:
+        if new:
+            for setting in ("7bit", "8bit"):
+                r[f"ptq_{setting}"] = {"f1_macro": 0.78}
+                r[f"qat_{setting}"] = {"f1_macro": 0.79, "agreement_with_source": 0.99, "kept": "trained"}
+        else:
+            r.update(ptq={"f1_macro": 0.78}, qat={"f1_macro": 0.77})
+    report = {"config": {"report_name": "x", "max_train_samples": 2000, "max_length": 128},
+              "cpu": {"model": "Test CPU", "flags": {"avx2": True}}, "per_seed": seeds}
+    if new:
+        stat = {"f1_diff_mean": 0.0123, "f1_diff_ci95": [-0.01, 0.03]}
+        report.update(date="2026-12-04", wall_s=600.0, info={},
+                      paired={s: {"qat_vs_ptq": stat} for s in ("7bit", "8bit")})
+    return report
+
+
+def test_the_results_page_reads_both_formats_of_the_ptq_vs_qat_report(tmp_path, monkeypatch):
+    (tmp_path / "ptq_vs_qat_recipe.json").write_text(json.dumps(synthetic_ptq_report(new=True)))
+    (tmp_path / "ptq_vs_qat_old.json").write_text(json.dumps(synthetic_ptq_report(new=False)))
+    monkeypatch.setattr(results_page, "REPORTS", tmp_path)
+    body = dict((a, b) for a, _, b in results_page.sections())["ptq-vs-qat"]
+    assert "| 7bit | 81.50 ± 0.71 | 78.00 ± 0.00 | 79.00 ± 0.00 | +1.23 | [-1.00, +3.00] |" in body
+    assert "measured 2026-12-04 on Test CPU" in body and "python benchmarks/ptq_vs_qat.py" in body
+    assert "ptq_vs_qat_old" in body and "| 81.50 ± 0.71 | 78.00 ± 0.00 | 77.00 ± 0.00 |" in body
+    assert "+1.23 | 2026-12-04" in results_page.headline()
+
+
+def test_a_re_measured_report_fails_the_figure_check(tmp_path, monkeypatch):
+    """The checks are live: the scoring report re-measured makes README's linked figure wrong, the speed report
+    re-measured makes the guide's table out of date."""
+    for p in results_page.REPORTS.glob("*.json"):
+        shutil.copy(p, tmp_path / p.name)
+    scoring = json.loads((tmp_path / "batch_scoring.json").read_text())
+    for r in scoring["results"]:
+        r["rows_per_s"] *= 1.1
+    (tmp_path / "batch_scoring.json").write_text(json.dumps(scoring))
+    speed = json.loads((tmp_path / "speed.json").read_text())
+    for r in speed:
+        if r["backend"] == "ort_int8" and r["measure"] == "latency":
+            r["median_ms"] *= 1.5
+    (tmp_path / "speed.json").write_text(json.dumps(speed))
+    monkeypatch.setattr(results_page, "REPORTS", tmp_path)
+    with pytest.raises(AssertionError, match="is not in that section"):
+        test_figures_linked_to_the_results_page_are_the_figures_of_their_section("README.md")
+    guide = text("README_DEPLOYMENT.md")
+    assert guide != results_page.guide_with_headline(guide)
