@@ -12,7 +12,7 @@ Otherwise the INT8 model is not written: ONNX Runtime's arithmetic drifted from 
 quantized otherwise than simulated. A --no-qat run has no simulation: its agreement with the FP32 model is printed
 for information. The result is recorded with the INT8 model's entry in models/<run>/lineage.json.
 
-    python quantize_onnx_dynamic.py [--run-name NAME] [--gate-rows 512] [--min-agreement 0.9] [--max-rel-logit-diff 0.6]
+    python quantize_onnx_dynamic.py [--run-name NAME] [--gate-rows 512] [--min-agreement 0.97] [--max-rel-logit-diff 0.6]
 """
 
 import json
@@ -31,17 +31,17 @@ from quant_sim import QuantConfig, apply_fake_quant
 # requirements.txt bounds onnxruntime to them).
 VERIFIED_ONNXRUNTIME = "1.32.0"
 
-# Gate defaults, from measurements (2026-11-27, 512 SmSA validation rows): the INT8 model as quantized vs the
-# simulation, mean |logit diff| / mean |simulation - FP32|: 0.034 on a MiniLM QAT run (0.035 with --optimize-graph),
-# ~0 on the tests' tiny BERT; with one setting of quantize_dynamic differing from the simulation (reduce_range,
-# per_channel or weight type flipped) 0.5-1.7 (~1.0 on MiniLM). Absolute logit differences do not separate the two:
-# they scale with the logits (MiniLM's flipped reduce_range gave max 0.23, the run's logits spanning -0.8..0.8).
-# Labels: sim and INT8 agreed on 98.4-100% of test rows in the MiniLM QAT runs, but on the 12-layer default
-# (multilingual-e5-small) 97.5-99.4% (issue 8; benchmarks/fidelity_trace.py on AMD EPYC AVX2): one flipped quantized
-# value, from 1-ulp differences of the FP32 kernels, cascades through the later layers. A label floor close to those
-# figures would fail healthy runs; the relative logit criterion is what separates drift (~1) from rounding (~0.03).
-# 0.90 still stops a drift that flips labels wholesale, whatever the logits' scale.
-MIN_AGREEMENT = 0.90
+# Gate defaults, from measurements (benchmarks/reports; the fidelity_trace reports for the default model).
+# Relative logit criterion: the INT8 model as quantized vs the simulation, mean |logit diff| / mean |simulation -
+# FP32|: 0.034 on a MiniLM QAT run, ~0 on the tests' tiny BERT; with one setting of quantize_dynamic differing from the
+# simulation (reduce_range, per_channel or weight type flipped) 0.5-1.7 (~1.0 on MiniLM). Absolute logit differences
+# do not separate the two: they scale with the logits.
+# Labels: healthy runs of the 12-layer default (multilingual-e5-small) agree with their simulation on 97.5-100% of
+# SmSA rows (AMD EPYC AVX2 and VNNI, one text per batch and batches of 32: one flipped quantized value, from 1-ulp
+# differences of the FP32 kernels, cascades through the later layers), MiniLM runs on 98.4-100%. 0.97 passes every
+# healthy run measured and refuses a model that differs from what was trained on more than 3% of the rows (a run on
+# other data agreed on 95.7% and passed the earlier floor of 0.90).
+MIN_AGREEMENT = 0.97
 # The 12-layer default is noisier: 0.39 in batches of 32 and 0.26 one text per batch (multilingual-e5-small with a
 # random 3-label head, 128 SmSA validation rows, AMD EPYC AVX2; rounding cascades, see benchmarks/fidelity_trace.py),
 # hence 0.6: below the drifts measured on MiniLM (~1.0) and most single-setting flips (0.5-1.7), above healthy runs.

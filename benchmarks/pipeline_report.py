@@ -122,8 +122,10 @@ def summary(run: str, steps: list[dict], wall_s: float | None, setup_s: float | 
             "training": {k: info.get(k) for k in ("model", "model_source", "data_dir", "n_train", "epochs", "lr",
                                                   "batch_size", "max_length", "seed", "group_by_length",
                                                   "freeze_embeddings", "class_weight", "loss_weights",
-                                                  "val_accuracy", "val_f1_macro")},
-            "quantization": {k: quant.get(k) for k in ("weight_type", "per_channel", "reduce_range", "chosen_for")},
+                                                  "val_accuracy", "val_f1_macro", "recipe")},
+            "phases": {name: {k: v for k, v in p.items() if k != "curve"} for name, p in info.get("phases", {}).items()},
+            "quantization": {k: quant.get(k) for k in ("weight_type", "per_channel", "reduce_range", "target_cpu",
+                                                       "chosen_for")},
             "stages": stages, "pairs": pairs}
 
 
@@ -134,6 +136,22 @@ def measured_part(report: Path) -> dict:
     old = json.loads(report.read_text())
     return {k: old.get(k) for k in ("date", "cpu", "cores", "command", "wall_seconds", "setup_seconds", "peak_rss_mb",
                                     "steps")}
+
+
+def phase_sentence(phases: dict) -> str:
+    """The recipe's phases as training recorded them (run_info.json), or nothing for a run made before phases."""
+    parts = []
+    for name, p in phases.items():
+        text = f"{name} phase {p['epochs']:g} epoch(s) at lr {p['lr']:g}"
+        if p.get("distill_weight"):
+            text += f", distilled from the FP32 model (weight {p['distill_weight']:g}, temperature {p['distill_temperature']:g})"
+        if p.get("start_val_f1_macro") is not None:
+            text += (f", validation macro-F1 {p['start_val_f1_macro'] * 100:.2f}% at its start, {p['val_f1_macro'] * 100:.2f}% "
+                     f"kept ({p['kept']} weights)")
+        else:
+            text += f", validation macro-F1 {p['val_f1_macro'] * 100:.2f}%"
+        parts.append(f"{text}, {p['wall_s'] / 60:.1f} min" if "wall_s" in p else text)
+    return (" Phases: " + "; ".join(parts) + ".") if parts else ""
 
 
 def rewritten(s: dict) -> str:
@@ -173,7 +191,8 @@ def render(s: dict) -> str:
          f"{t['seed']}, loss {loss_description(t)}, batches grouped by length: {bool(t.get('group_by_length'))}, "
          f"embedding table frozen: {bool(t.get('freeze_embeddings'))}. Quantization: {q['weight_type']} weights, per channel "
          f"{q['per_channel']}, reduce_range {q['reduce_range']} ({(q.get('chosen_for') or {}).get('rule', 'given')}). "
-         f"Best epoch's validation accuracy {t['val_accuracy'] * 100:.2f}%, macro-F1 {t['val_f1_macro'] * 100:.2f}%.", "",
+         f"Best epoch's validation accuracy {t['val_accuracy'] * 100:.2f}%, macro-F1 {t['val_f1_macro'] * 100:.2f}%."
+         + phase_sentence(s.get("phases") or {}), "",
          "## Test split", "",
          "| stage | texts per batch | accuracy | macro-F1 | recall per label | texts/s | model MB |",
          "|---|---|---|---|---|---|---|"]

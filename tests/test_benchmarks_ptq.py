@@ -1,5 +1,6 @@
 """benchmarks/ptq_vs_qat.py --smoke runs the whole comparison on a tiny model, so the benchmark never rots; its report
-is checked against numbers recomputed here from the runs' own files (predictions, logits, test labels, run_info)."""
+is checked against numbers recomputed here from the runs' own files (predictions, logits, test labels, run_info), and
+its paired statistics against a direct computation."""
 
 import json
 import subprocess
@@ -14,10 +15,10 @@ from sklearn.metrics import f1_score
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "benchmarks"))
 ARMS = {  # report key -> (run, source stage)
-    "ptq": ("fp32-s{seed}", "eager_fp32"),
-    "qat": ("qat-s{seed}", "eager_qat"),
-    "qatft": ("qatft-s{seed}", "eager_qat"),
-    "ptq_long": ("fp32long-s{seed}", "eager_fp32"),
+    "ptq_7bit": ("fp32-s7-7bit", "eager_fp32"),
+    "ptq_8bit": ("fp32-s7", "eager_fp32"),
+    "qat_7bit": ("qat-s7-7bit", "eager_qat"),
+    "qat_8bit": ("qat-s7-8bit", "eager_qat"),
 }
 READING = "hand-written reading: must survive a rerun\n"
 
@@ -30,9 +31,9 @@ def smoke(tmp_path_factory):
     (out / "ptq_vs_qat_reading.md").write_text(READING)
     # --max-length, --seeds and the non-default flags given explicitly: the smoke mode must pass them on
     proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "ptq_vs_qat.py"), "--smoke", "--max-length", "24",
-                           "--seeds", "7", "--group-by-length", "--class-weight", "none", "--out-dir", str(out),
-                           "--work-dir", str(tmp / "work")],
-                          capture_output=True, text=True, timeout=3600)  # a hang guard: ~7 CPU-minutes of steps
+                           "--seeds", "7", "--group-by-length", "--class-weight", "none", "--distill-weight", "0.3",
+                           "--ablations", "--out-dir", str(out), "--work-dir", str(tmp / "work")],
+                          capture_output=True, text=True, timeout=3600)  # a hang guard
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
     work = tmp / "work"
     return {"out": out, "work": work, "report": json.loads((out / "ptq_vs_qat.json").read_text()),
@@ -51,7 +52,7 @@ def run_info(work, run):
 def test_reported_scores_recomputed_from_predictions(smoke, arm):
     row = smoke["report"]["per_seed"][0]
     assert row["seed"] == 7
-    run, source_stage = (s.format(seed=7) if "{" in s else s for s in ARMS[arm])
+    run, source_stage = ARMS[arm]
     int8 = metrics(smoke["work"], run, "onnx_int8_dynamic")
     source = metrics(smoke["work"], run, source_stage)
     truth = smoke["test"]["label"].tolist()
@@ -63,51 +64,71 @@ def test_reported_scores_recomputed_from_predictions(smoke, arm):
     assert r["source_accuracy"] == pytest.approx(np.mean(src == np.array(truth)))
     assert r["agreement_with_source"] == pytest.approx(np.mean(pred == src))
     assert r["n_disagree"] == int((pred != src).sum())
-    # the source's top-2 logit margin on the rows where INT8 differs
     top = np.sort(np.array(source["logits"]), axis=-1)
-    margins = top[:, -1] - top[:, -2]
-    differ = pred != src
-    expected_max = float(margins[differ].max()) if differ.any() else None
-    assert r["disagree_margin_max"] == (pytest.approx(expected_max, abs=1e-6) if differ.any() else None)
-    assert r["margin_median_all"] == pytest.approx(float(np.median(margins)), abs=1e-6)
-    shares = pd.Series(pred).value_counts(normalize=True)
-    assert r["predicted_shares"] == pytest.approx({l: shares.get(l, 0.0) for l in int8["labels"]})
-    # validation accuracy of the source model, as its training recorded it
-    assert r["val_accuracy"] == run_info(smoke["work"], run)["val_accuracy"]
+    assert r["margin_median_all"] == pytest.approx(float(np.median(top[:, -1] - top[:, -2])), abs=1e-6)
+    info = run_info(smoke["work"], run)
+    assert r["val_f1_macro"] == info["val_f1_macro"] and r["phase_s"] == list(info["phases"].values())[-1]["wall_s"]
 
 
-def test_drops_are_against_the_right_fp32(smoke):
-    row = smoke["report"]["per_seed"][0]
-    fp32 = metrics(smoke["work"], "fp32-s7", "eager_fp32")
-    long = metrics(smoke["work"], "fp32long-s7", "eager_fp32")
-    assert row["fp32"]["accuracy"] == fp32["accuracy"] and row["fp32long"]["accuracy"] == long["accuracy"]
-    for arm in ("ptq", "qat", "qatft"):
-        assert row[arm]["acc_drop"] == pytest.approx(fp32["accuracy"] - row[arm]["accuracy"])
-    assert row["ptq_long"]["acc_drop"] == pytest.approx(long["accuracy"] - row["ptq_long"]["accuracy"])
-    assert row["qat"]["agreement_with_source"] >= 0.99  # INT8 reproduces the QAT simulation
+def test_arms_share_the_fp32_phase_and_quantize_for_their_target(smoke):
+    w = smoke["work"]
+    for setting, target, reduce_range in (("7bit", "portable", True), ("8bit", "vnni", False)):
+        info = run_info(w, f"qat-s7-{setting}")
+        assert info["init_from"] == "fp32-s7" and list(info["phases"]) == ["qat"] and info["target_cpu"] == target
+        assert info["phases"]["qat"]["distill_weight"] == 0.3  # an option given to the benchmark reaches training
+        assert json.loads((w / "models" / f"qat-s7-{setting}" / "quant_config.json").read_text())["reduce_range"] == reduce_range
+    ptq7 = json.loads((w / "models" / "fp32-s7-7bit" / "quant_config.json").read_text())
+    assert ptq7["reduce_range"] and ptq7["target_cpu"] == "portable"
+    assert not json.loads((w / "models" / "fp32-s7" / "quant_config.json").read_text())["reduce_range"]
+    for run in ("fp32-s7", "qat-s7-7bit", "qat-s7-8bit", "qat-s7-7bit-nodistill", "qat-s7-7bit-pretrained"):
+        i = run_info(w, run)
+        assert i["max_length"] == 24 and i["seed"] == 7 and i["group_by_length"] and i["class_weight"] == "none", run
+    assert run_info(w, "qat-s7-7bit-nodistill")["phases"]["qat"]["distill_weight"] == 0
+    assert run_info(w, "qat-s7-7bit-pretrained")["recipe"] == "qat-from-pretrained"
 
 
-def test_options_reach_the_training_runs(smoke):
-    cfg = smoke["report"]["config"]
-    for run in ("fp32-s7", "qat-s7", "qatft-s7", "fp32long-s7"):
-        info = run_info(smoke["work"], run)
-        assert info["max_length"] == 24 and info["seed"] == 7 and info["n_train"] == cfg["max_train_samples"], run
-    assert run_info(smoke["work"], "fp32long-s7")["epochs"] == cfg["epochs"] + cfg["qatft_epochs"]
-    assert not run_info(smoke["work"], "fp32long-s7")["qat"] and run_info(smoke["work"], "qat-s7")["qat"]
-    assert run_info(smoke["work"], "qatft-s7")["init_from"] == "fp32-s7"
-    assert all(run_info(smoke["work"], run.format(seed=7))["group_by_length"] for run, _ in ARMS.values())
-    assert all(run_info(smoke["work"], run.format(seed=7))["class_weight"] == "none" for run, _ in ARMS.values())
+def test_paired_statistics_recomputed(smoke):
+    """Per-seed F1 differences and McNemar's counts from the predictions; the interval contains the observed mean."""
+    row, truth = smoke["report"]["per_seed"][0], smoke["test"]["label"].tolist()
+    labels = smoke["report"]["info"]["labels"]
+    y = np.array(truth)
+    for setting, stats in smoke["report"]["paired"].items():
+        st = stats["qat_vs_ptq"]
+        qat, ptq = np.array(row[f"qat_{setting}"]["predictions"]), np.array(row[f"ptq_{setting}"]["predictions"])
+        diff = f1_score(y, qat, labels=labels, average="macro", zero_division=0) - \
+            f1_score(y, ptq, labels=labels, average="macro", zero_division=0)
+        assert st["f1_diff_per_seed"] == [pytest.approx(diff)]
+        assert st["only_a_right"] == int(((qat == y) & (ptq != y)).sum())
+        assert st["only_b_right"] == int(((qat != y) & (ptq == y)).sum())
+        lo, hi = st["f1_diff_ci95"]
+        assert lo <= diff + 1e-9 and diff - 1e-9 <= hi and 0 <= st["mcnemar_p"] <= 1
+
+
+def test_paired_interval_separates_a_real_difference():
+    """Synthetic predictions: a model right on every row against one wrong on a third of them is 'higher', with a
+    tiny McNemar p; two identical models show no difference."""
+    from ptq_vs_qat import paired, verdict
+
+    truth = ["a", "b", "c"] * 100
+    wrong = [t if i % 3 else {"a": "b", "b": "c", "c": "a"}[t] for i, t in enumerate(truth)]
+    rows = [{"good": {"predictions": truth}, "bad": {"predictions": wrong}} for _ in range(3)]
+    st = paired(rows, "good", "bad", truth, ["a", "b", "c"], n_boot=200)
+    assert st["f1_diff_ci95"][0] > 0 and verdict(st).startswith("higher") and st["mcnemar_p"] < 1e-6
+    assert st["only_a_right"] == 300 and st["only_b_right"] == 0
+    same = paired(rows, "bad", "bad", truth, ["a", "b", "c"], n_boot=200)
+    assert same["f1_diff_ci95"] == [0.0, 0.0] and verdict(same).startswith("no difference") and same["mcnemar_p"] == 1
 
 
 def test_report_generated_and_reading_kept(smoke):
     out = smoke["out"]
     md = (out / "ptq_vs_qat.md").read_text()
-    assert "Mean ± std" in md and "trained as long as FP32 + QAT-ft" in md and "top-2 logit margin" in md
-    assert "max length 24, plain cross-entropy" in md
+    for fragment in ("## Paired differences", "McNemar", "## Targets", "## Training time", "## Ablation",
+                     "max length 24, plain cross-entropy", "distillation weight 0.3"):
+        assert fragment in md, fragment
     assert "[ptq_vs_qat_reading.md](ptq_vs_qat_reading.md)" in md
     assert (out / "ptq_vs_qat_reading.md").read_text() == READING
-    assert [s["setting"] for s in smoke["report"]["settings"]] == ["int8-per-tensor", "int8-per-channel"]
     assert (out / "ptq_vs_qat.png").stat().st_size > 1000
+    assert not Path(smoke["report"]["info"]["data"]).is_absolute()  # no machine's absolute path in a report
 
 
 def test_margins_of_the_rows_where_int8_differs():
@@ -121,51 +142,3 @@ def test_margins_of_the_rows_where_int8_differs():
     assert out["disagree_margin_max"] == pytest.approx(0.2) and out["disagree_margin_median"] == pytest.approx(0.15)
     assert out["margin_median_all"] == pytest.approx((0.2 + 3.0) / 2)
     assert disagreement_margins(source, {"predictions": source["predictions"]})["disagree_margin_max"] is None
-
-
-def test_report_without_the_finetune_arms(smoke, tmp_path):
-    """--skip-finetune rows (no QAT fine-tune, no equal-budget control) give a report of the arms that ran, saying
-    which did not, and a chart of those only."""
-    import ptq_vs_qat
-
-    rows = [{k: v for k, v in r.items() if k not in ("qatft", "ptq_long", "fp32long")}
-            for r in smoke["report"]["per_seed"]]
-    args = ptq_vs_qat.parse_args(["--skip-finetune", "--skip-settings"])
-    info = {"data": "d", "n_test": len(smoke["test"]), "model_source": "m",
-            "test_label_shares": smoke["report"]["test_label_shares"]}
-    ptq_vs_qat.write_report(rows, [], args, info, tmp_path, 60.0)
-    md = (tmp_path / "ptq_vs_qat.md").read_text()
-    assert "not run (--skip-finetune)" in md and "QAT INT8 (from pretrained)" in md and "| 7 | PTQ INT8 |" in md
-    assert "max length 64, class-balanced cross-entropy" in md  # the defaults that parse_args gave
-    assert "fine-tune of FP32" not in md and "trained as long as" not in md and "epochs |" not in md
-    assert "except the equal-budget PTQ row" not in md
-    assert json.loads((tmp_path / "ptq_vs_qat.json").read_text())["per_seed"] == rows
-    assert (tmp_path / "ptq_vs_qat.png").stat().st_size > 1000
-
-
-def test_report_without_qat_from_pretrained(smoke, tmp_path):
-    """--skip-from-pretrained rows (FP32, PTQ, the QAT fine-tune and its control) give a report of those arms under
-    --report-name, saying QAT from pretrained did not run, and linking that name's reading only."""
-    import ptq_vs_qat
-
-    rows = [{k: v for k, v in r.items() if k != "qat"} for r in smoke["report"]["per_seed"]]
-    args = ptq_vs_qat.parse_args(["--skip-from-pretrained", "--skip-settings", "--report-name", "ft"])
-    info = {"data": "d", "n_test": len(smoke["test"]), "model_source": "m",
-            "test_label_shares": smoke["report"]["test_label_shares"]}
-    (tmp_path / "ptq_vs_qat_reading.md").write_text(READING)  # another report's reading: not linked
-    ptq_vs_qat.write_report(rows, [], args, info, tmp_path, 60.0)
-    md = (tmp_path / "ft.md").read_text()
-    assert "QAT from the pretrained model: not run (--skip-from-pretrained)" in md
-    assert "QAT INT8 (from pretrained)" not in md and "| 7 | QAT INT8 (fine-tune of FP32) |" in md
-    assert "![chart](ft.png)" in md and "reading" not in md.split("![chart]")[1]
-    assert not (tmp_path / "ptq_vs_qat.md").exists() and (tmp_path / "ft.png").stat().st_size > 1000
-    assert json.loads((tmp_path / "ft.json").read_text())["per_seed"] == rows
-
-
-@pytest.mark.parametrize("flags", [["--skip-from-pretrained", "--skip-finetune", "--skip-settings"],
-                                   ["--skip-from-pretrained"]])
-def test_skip_from_pretrained_refuses_what_it_cannot_run(flags):
-    import ptq_vs_qat
-
-    with pytest.raises(SystemExit):
-        ptq_vs_qat.parse_args(flags)
