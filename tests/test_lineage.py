@@ -129,10 +129,12 @@ def test_remove_downstream(tmp_path):
     run = fake_run(tmp_path / "run")
     results = tmp_path / "results"
     results.mkdir()
-    for name in ("metrics_eager_qat.json", "confusion_matrix_eager_qat.png", "notes.txt"):
+    for name in ("metrics_eager_qat.json", "confusion_matrix_eager_qat.png", "training_curve.png", "notes.txt"):
         (results / name).write_text("x")
+    (run / "README.md").write_text("model card of the earlier training")
     removed = {p.name for p in remove_downstream(run, results)}
-    assert removed == {ONNX_FILE, INT8_FILE, LINEAGE_FILE, "metrics_eager_qat.json", "confusion_matrix_eager_qat.png"}
+    assert removed == {ONNX_FILE, INT8_FILE, LINEAGE_FILE, "README.md", "metrics_eager_qat.json",
+                       "confusion_matrix_eager_qat.png", "training_curve.png"}
     assert sorted(p.name for p in run.iterdir()) == sorted([STATE_DICT_FILE, "config.json", QUANT_CONFIG_FILE])
     assert [p.name for p in results.iterdir()] == ["notes.txt"]
 
