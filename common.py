@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import csv
 import hashlib
 import importlib.util
 import json
@@ -234,38 +235,86 @@ def first_non_utf8(path: Path) -> str:
         return f"line {line}, byte 0x{raw[e.start]:02x}"
 
 
-def load_split(data_dir, split: str, text_column="text", label_column="label") -> Split:
-    import pandas as pd
+SAVE_AS_UTF8 = "save it as UTF-8 (Excel: Save As > 'CSV UTF-8'; or iconv -f cp1252 -t utf-8 in.csv > out.csv)"
 
+
+def utf8_lines(byte_lines, name: str):
+    """The lines of a UTF-8 file as text (a leading BOM dropped), decoded one at a time, so a byte that is not UTF-8
+    is a one-line error naming its line, also on stdin and without holding the file in memory."""
+    for lineno, raw in enumerate(byte_lines, 1):
+        try:
+            yield raw.decode("utf-8-sig" if lineno == 1 else "utf-8")
+        except UnicodeDecodeError as e:
+            raise PipelineError(f"{name} is not UTF-8 text (line {lineno}, byte 0x{raw[e.start]:02x}): "
+                                f"{SAVE_AS_UTF8}")
+
+
+def csv_records(byte_lines, name: str):
+    """(header, iterator of (line number, fields)) of a CSV file: RFC 4180 quoting (a quoted field may span lines),
+    blank lines skipped, every field the string as written; header None for an empty file. A row with more or fewer
+    fields than the header, or a header naming a column twice, is a one-line error naming the line: pandas would
+    move the columns of a first row with an extra field under the wrong names (its first field becoming the index),
+    fill a short row with empty fields, and rename a second 'text' column 'text.1'."""
+    csv.field_size_limit(2**31 - 1)  # a long text is the caller's to judge (predict.py gives it a status)
+    reader = csv.reader(utf8_lines(byte_lines, name))
+
+    def records():
+        while True:
+            start = reader.line_num + 1
+            try:
+                row = next(reader)
+            except StopIteration:
+                return
+            except csv.Error as e:
+                raise PipelineError(f"{name} line {start} is not valid CSV ({e}): check its quotes")
+            if row:
+                yield start, row
+
+    rows = records()
+    first = next(rows, None)
+    if first is None:
+        return None, iter(())
+    header = first[1]
+    twice = sorted({c for c in header if header.count(c) > 1})
+    if twice:
+        raise PipelineError(f"{name}: the header (line {first[0]}) names column(s) {', '.join(map(repr, twice))} "
+                            f"more than once: give every column its own name")
+
+    def checked():
+        for lineno, row in rows:
+            if len(row) != len(header):
+                raise PipelineError(f"{name} line {lineno} has {len(row)} field{'s' * (len(row) != 1)} but the header has {len(header)}: "
+                                    f"quote a field that holds a comma (\"a, b\"), or fix the row")
+            yield lineno, row
+
+    return header, checked()
+
+
+def load_split(data_dir, split: str, text_column="text", label_column="label") -> Split:
     path = Path(data_dir) / f"{split}.csv"
     if not path.is_file():
         raise PipelineError(f"{path} not found: put train.csv, val.csv and test.csv (columns "
                             f"{text_column},{label_column}) in {data_dir}")
-    try:
-        df = pd.read_csv(path, dtype=str, keep_default_na=False)
-    except UnicodeDecodeError:
-        raise PipelineError(f"{path} is not UTF-8 text ({first_non_utf8(path)}): save it as UTF-8 "
-                            f"(Excel: Save As > 'CSV UTF-8'; or iconv -f cp1252 -t utf-8 in.csv > out.csv)")
-    except pd.errors.EmptyDataError:
-        raise PipelineError(f"{path} is empty: it needs a header and at least one row")
-    except Exception as e:
-        raise PipelineError(f"{path} could not be read as CSV: {str(e).splitlines()[0]}")
-    missing = [c for c in (text_column, label_column) if c not in df.columns]
-    if missing:
-        raise PipelineError(f"{path} has no column {', '.join(map(repr, missing))} (found: {', '.join(df.columns)}); "
-                            f"pass --text-column/--label-column")
-    if len(df) == 0:
+    with open(path, "rb") as f:
+        header, rows = csv_records(f, str(path))
+        if header is None:
+            raise PipelineError(f"{path} is empty: it needs a header and at least one row")
+        missing = [c for c in (text_column, label_column) if c not in header]
+        if missing:
+            raise PipelineError(f"{path} has no column {', '.join(map(repr, missing))} (found: {', '.join(header)}); "
+                                f"pass --text-column/--label-column")
+        ti, li = header.index(text_column), header.index(label_column)
+        records = [(lineno, row[ti], row[li].strip()) for lineno, row in rows]
+    if not records:
         raise PipelineError(f"{path} has no rows")
-    texts = df[text_column].astype(str).tolist()
-    labels = [s.strip() for s in df[label_column].astype(str)]
-    empty = [i for i, t in enumerate(texts) if not t.strip()]
+    empty = [lineno for lineno, t, _ in records if not t.strip()]
     if empty:
-        raise PipelineError(f"{path}: {len(empty)} row(s) with empty text (first at CSV line {empty[0] + 2}); "
+        raise PipelineError(f"{path}: {len(empty)} row(s) with empty text (first at CSV line {empty[0]}); "
                             f"remove or fill them")
-    no_label = [i for i, l in enumerate(labels) if not l]
+    no_label = [lineno for lineno, _, l in records if not l]
     if no_label:
-        raise PipelineError(f"{path}: {len(no_label)} row(s) with an empty label (first at CSV line {no_label[0] + 2})")
-    return Split(texts, labels)
+        raise PipelineError(f"{path}: {len(no_label)} row(s) with an empty label (first at CSV line {no_label[0]})")
+    return Split([t for _, t, _ in records], [l for _, _, l in records])
 
 
 def check_known_labels(split: Split, label2id: dict, name: str):

@@ -6,10 +6,11 @@
     python predict.py --engine spark --run-name RUN --input texts.parquet --output scored.parquet   # a folder
 
 The output has every input row, in input order, with all its columns, plus `status` (ok, empty_text,
-missing_text, not_text), `label`, `score` and `prob_<label>` for each label of the run (`--prefix` renames
-them). A row without a usable text gets its status and no label; the job goes on and prints the counts.
+missing_text, not_text, too_long, invalid_text), `label`, `score` and `prob_<label>` for each label of the run
+(`--prefix` renames them). A row without a usable text gets its status and no label; the job goes on and prints
+the counts. A CSV row with more or fewer fields than its header stops the job with the line to fix.
 
-The input is read in chunks of --chunk-rows rows (pandas read_csv chunks, pyarrow iter_batches, JSON lines),
+The input is read in chunks of --chunk-rows rows (CSV records, pyarrow iter_batches, JSON lines),
 scored by --workers processes, and appended in order to `<output>.partial`; `<output>.progress.json` records
 the chunks done, so `--resume` continues an interrupted run. The output appears under its name only complete.
 """
@@ -21,7 +22,6 @@ import itertools
 import json
 import os
 import shutil
-import signal
 import sys
 import tempfile
 import time
@@ -29,33 +29,35 @@ from collections import deque
 from pathlib import Path
 
 import scoring
-from common import MODELS_DIR, PipelineError, main_guard, write_json
-from scoring import (FORMATS, STATUSES, check_no_collision, count_statuses, format_of, model_sha256,
-                     output_columns, score_texts)
+from common import (MODELS_DIR, PipelineError, _HelpFormatter, csv_records, main_guard, sha256_file, utf8_lines,
+                    write_json)
+from scoring import (FORMATS, MAX_CHARS, STATUSES, check_no_collision, check_not_same_file, count_statuses,
+                     format_of, model_sha256, output_columns, score_texts)
 
 BATCH_DEPENDENCE = ("ONNX Runtime's dynamic quantization scales activations per batch: with batches of 32, 1.6%% of "
                     "the labels of 100,000 SmSA texts differed from scoring each text alone (the default model, "
                     "2026-11-28; benchmarks/reports/batch_scoring_reading.md)")
-# Test hook: with N chunks recorded, kill this process (SIGKILL) once the next chunk's output is written but not
-# yet recorded, the worst moment for a crash; tests/test_predict.py and the benchmark use it to check --resume.
-KILL_AFTER_ENV = "QAT_PREDICT_KILL_AFTER_CHUNKS"
 
 
-def parse_args(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+def build_parser() -> argparse.ArgumentParser:
+    # _HelpFormatter: each default stated once (not "(default: CPU count // workers) (default: None)")
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=_HelpFormatter)
     p.add_argument("--run-name", required=True, help=f"a run folder in {MODELS_DIR}, or the path of a run folder")
     p.add_argument("--input", required=True, help="CSV, JSONL or Parquet file (by extension); '-' for stdin")
     p.add_argument("--output", required=True,
                    help="file to write (format by extension); '-' for stdout; with --engine spark a folder")
     p.add_argument("--format", choices=sorted(set(FORMATS.values())),
-                   help="format of '-' (stdin/stdout), or of both files whatever their extensions")
+                   help="format of both input and output whatever their extensions (default: by extension; "
+                        "'-' takes the format of the named file, stdin to stdout needs --format)")
     p.add_argument("--text-column", default="text")
     p.add_argument("--prefix", default="", help="prefix of the added columns, e.g. pred_ when the input has 'label'")
     p.add_argument("--batch-size", type=int, default=1,
                    help="1: every text scored alone, deterministic per text, the same results as "
                         "Predictor(run, per_text=True) and serve.py. N > 1: batches of N texts sorted by length "
                         "within each chunk, faster where batching pays, but " + BATCH_DEPENDENCE)
+    p.add_argument("--max-chars", type=int, default=MAX_CHARS,
+                   help="a longer text is not scored: its row gets status too_long and no label (serve.py "
+                        "refuses it likewise)")
     p.add_argument("--workers", type=int, default=1, help="scoring processes, each with its own model")
     p.add_argument("--threads", type=int, default=None, help="ONNX Runtime threads per worker (default: "
                                                              "CPU count // workers)")
@@ -75,8 +77,13 @@ def parse_args(argv=None):
                    help="ship the zipped run folder with the job even on a local master")
     p.add_argument("--spark-partitions", type=int, default=None,
                    help="partitions to score (default: 4 per core Spark offers)")
+    return p
+
+
+def parse_args(argv=None):
+    p = build_parser()
     args = p.parse_args(argv)
-    for name in ("batch_size", "workers", "chunk_rows"):
+    for name in ("batch_size", "workers", "chunk_rows", "max_chars"):
         if getattr(args, name) < 1:
             p.error(f"--{name.replace('_', '-')} must be at least 1")
     if args.threads is not None and args.threads < 1:
@@ -95,6 +102,9 @@ def resolve_run(name: str) -> Path:
 
 
 def check_input_file(path: str) -> None:
+    if path != "-" and Path(path).is_dir():
+        raise PipelineError(f"{path} is a folder: pass one CSV, JSONL or Parquet file (--engine spark reads a "
+                            f"folder of part files)")
     if path != "-" and not Path(path).is_file():
         raise PipelineError(f"input file {path} not found")
 
@@ -113,17 +123,15 @@ def count_lines(path: str) -> int:
 
 
 class CsvFormat:
-    """pandas read_csv in chunks, every column as text exactly as written (no type or NA conversion)."""
+    """common.csv_records in chunks of pandas DataFrames, every column as text exactly as written (no type or NA
+    conversion); a ragged row or a repeated column name stops the job with its line."""
     name, null_is_empty = "csv", True  # a CSV has no null: an empty field is an empty text
 
     def __init__(self, src, chunk_rows: int):
-        import pandas as pd
-
-        self.src = src
-        try:
-            self.reader = pd.read_csv(src if src != "-" else sys.stdin.buffer, dtype=str, keep_default_na=False,
-                                      chunksize=chunk_rows)
-        except pd.errors.EmptyDataError:
+        self.src, self.chunk_rows = src, chunk_rows
+        self.f = sys.stdin.buffer if src == "-" else open(src, "rb")
+        self.header, self.rows = csv_records(self.f, "stdin" if src == "-" else src)
+        if self.header is None:
             raise PipelineError(f"{src}: empty CSV: it needs a header line")
 
     def total_rows(self):
@@ -132,14 +140,16 @@ class CsvFormat:
     def chunks(self):
         import pandas as pd
 
-        try:
-            yield from self.reader
-        except (pd.errors.ParserError, UnicodeDecodeError) as e:
-            raise PipelineError(f"{self.src} could not be read as CSV: {str(e).splitlines()[0]}")
+        n = 0
+        while True:
+            rows = [row for _, row in itertools.islice(self.rows, self.chunk_rows)]
+            if not rows and n:
+                return
+            yield pd.DataFrame(rows, columns=self.header, dtype=str)  # a header-only file: one empty chunk
+            n += 1
 
-    @staticmethod
-    def columns(chunk):
-        return list(chunk.columns)
+    def columns(self, chunk=None):
+        return list(self.header)
 
     @staticmethod
     def texts(chunk, column):
@@ -165,7 +175,7 @@ class JsonlFormat:
         f = sys.stdin.buffer if self.src == "-" else open(self.src, "rb")
         try:
             chunk = []
-            for lineno, line in enumerate(f, 1):
+            for lineno, line in enumerate(utf8_lines(f, "stdin" if self.src == "-" else self.src), 1):
                 if not line.strip():
                     continue
                 chunk.append(self.parse(line, lineno))
@@ -178,10 +188,10 @@ class JsonlFormat:
             if f is not sys.stdin.buffer:
                 f.close()
 
-    def parse(self, line: bytes, lineno: int) -> dict:
+    def parse(self, line: str, lineno: int) -> dict:
         try:
             record = json.loads(line)
-        except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        except json.JSONDecodeError as e:
             raise PipelineError(f"{self.src} line {lineno} is not JSON ({e}): JSONL needs one JSON object per line")
         if not isinstance(record, dict):
             raise PipelineError(f"{self.src} line {lineno} is a JSON {type(record).__name__}, not an object")
@@ -198,9 +208,15 @@ class JsonlFormat:
     @staticmethod
     def encode(chunk, cols, first: bool) -> bytes:
         names = list(cols)
-        lines = (json.dumps({**record, **{n: cols[n][i] for n in names}}, ensure_ascii=False)
-                 for i, record in enumerate(chunk))
-        return "".join(line + "\n" for line in lines).encode()
+        records = ({**record, **{n: cols[n][i] for n in names}} for i, record in enumerate(chunk))
+        return b"".join(JsonlFormat.line(record) for record in records)
+
+    @staticmethod
+    def line(record: dict) -> bytes:
+        try:
+            return (json.dumps(record, ensure_ascii=False) + "\n").encode()
+        except UnicodeEncodeError:  # a lone surrogate (invalid_text) has no UTF-8: written back as its escape
+            return (json.dumps(record) + "\n").encode()
 
 
 class ParquetFormat:
@@ -294,6 +310,9 @@ class TextSink:
         self.f.close()
         os.replace(self.partial, self.output)
 
+    def cleanup(self) -> None:
+        pass
+
     def close(self) -> None:
         self.f.close()
 
@@ -341,6 +360,10 @@ class ParquetPartsSink:
             if buffer:
                 writer.write_table(pa.Table.from_batches(buffer, schema=self.schema))
         os.replace(partial, self.output)
+
+    def cleanup(self) -> None:
+        """Called once the progress file is gone: with it still there, a resume after a crash here would rebuild
+        the output from the parts left (none) and empty the finished file."""
         shutil.rmtree(self.parts)
 
     def close(self) -> None:
@@ -372,13 +395,17 @@ class StdoutSink:
             self.writer.close()
         sys.stdout.buffer.flush()
 
+    def cleanup(self) -> None:
+        pass
+
     def close(self) -> None:
         pass
 
 
 def input_identity(path: str) -> dict:
-    st = os.stat(path)
-    return {"path": str(Path(path).resolve()), "size": st.st_size, "mtime_ns": st.st_mtime_ns}
+    """The input by content (a byte changed in place, size and time kept, is another input): one read of the file,
+    small beside scoring it."""
+    return {"size": os.stat(path).st_size, "sha256": sha256_file(path)}
 
 
 def side_files(output: Path) -> list[Path]:
@@ -414,13 +441,13 @@ def load_resume_state(output: Path, identity: dict, resume: bool) -> dict | None
 
 
 class LocalScorer:
-    def __init__(self, predictor, prefix, null_is_empty):
-        self.predictor, self.prefix, self.null_is_empty = predictor, prefix, null_is_empty
+    def __init__(self, predictor, prefix, null_is_empty, max_chars):
+        self.predictor, self.prefix, self.null_is_empty, self.max_chars = predictor, prefix, null_is_empty, max_chars
 
     def map(self, items):
         """(key, texts) -> (key, columns), in order."""
         for key, texts in items:
-            yield key, score_texts(self.predictor, texts, self.prefix, self.null_is_empty)
+            yield key, score_texts(self.predictor, texts, self.prefix, self.null_is_empty, self.max_chars)
 
     def close(self):
         pass
@@ -430,11 +457,11 @@ class PoolScorer:
     """N processes (spawned: no ONNX Runtime or tokenizer state is forked), each with its own Predictor and
     `threads` threads; at most 2N chunks in flight, so memory stays bounded; results come back in input order."""
 
-    def __init__(self, run_dir, workers, threads, batch_size, prefix, null_is_empty):
+    def __init__(self, run_dir, workers, threads, batch_size, prefix, null_is_empty, max_chars):
         import multiprocessing
         from concurrent.futures import ProcessPoolExecutor
 
-        self.workers, self.prefix, self.null_is_empty = workers, prefix, null_is_empty
+        self.workers, self.prefix, self.null_is_empty, self.max_chars = workers, prefix, null_is_empty, max_chars
         self.pool = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"),
                                         initializer=scoring.init_worker, initargs=(str(run_dir), threads, batch_size))
 
@@ -445,7 +472,7 @@ class PoolScorer:
         try:
             for key, texts in items:
                 pending.append((key, self.pool.submit(scoring.score_in_worker, texts, self.prefix,
-                                                      self.null_is_empty)))
+                                                      self.null_is_empty, self.max_chars)))
                 while len(pending) >= 2 * self.workers:
                     key0, fut = pending.popleft()
                     yield key0, fut.result()
@@ -471,21 +498,30 @@ def progress_bar(total, initial, disable):
 
 
 def check_formats(args) -> str:
-    in_fmt, out_fmt = format_of(args.input, args.format), format_of(args.output, args.format)
+    """The format of input and output; '-' takes the named file's format unless --format says."""
+    check_input_file(args.input)
+    if args.format or "-" not in (args.input, args.output) or args.input == args.output:
+        in_fmt, out_fmt = format_of(args.input, args.format), format_of(args.output, args.format)
+    else:
+        in_fmt = out_fmt = format_of(args.output if args.input == "-" else args.input, None)
     if in_fmt != out_fmt:
         raise PipelineError(f"the output is written in the input's format ({in_fmt}): name it *.{in_fmt} "
                             f"(or '-')")
     if args.resume and "-" in (args.input, args.output):
         raise PipelineError("--resume needs a named input and output file, not '-'")
-    check_input_file(args.input)
+    check_not_same_file(args.input, args.output)
     return in_fmt
 
 
 def check_columns(reader, first, args, labels) -> None:
-    """The text column is there (checked on the first chunk of a JSONL file) and no added column is."""
+    """The text column is there (checked on the first chunk of a JSONL file), once, and no added column is."""
     if first is None and reader.name == "jsonl":
         return  # an empty JSONL file: nothing to check, nothing to score
     columns = reader.columns(first)
+    twice = sorted({str(c) for c in columns if columns.count(c) > 1})
+    if twice:  # CSV headers are checked as read (common.csv_records); a Parquet schema may repeat a name too
+        raise PipelineError(f"{args.input} has more than one column named {', '.join(map(repr, twice))}: give every "
+                            f"column its own name")
     if args.text_column not in columns:
         raise PipelineError(f"{args.input} has no column {args.text_column!r} (found: {', '.join(map(str, columns))})"
                             f": pass --text-column")
@@ -500,7 +536,7 @@ def open_output(args, rdir: Path, fmt: str, schema):
         return StdoutSink(schema), None, None
     output = Path(args.output)
     output.parent.mkdir(parents=True, exist_ok=True)
-    settings = {k: getattr(args, k) for k in ("text_column", "prefix", "batch_size", "chunk_rows")}
+    settings = {k: getattr(args, k) for k in ("text_column", "prefix", "batch_size", "chunk_rows", "max_chars")}
     identity = {"input": input_identity(args.input), "model_sha256": model_sha256(rdir),
                 "settings": {**settings, "format": fmt}}
     state = load_resume_state(output, identity, args.resume)
@@ -526,13 +562,20 @@ def run_local(args, rdir: Path) -> dict:
     schema = reader.output_schema(labels, args.prefix) if fmt == "parquet" else None
     sink, state, output = open_output(args, rdir, fmt, schema)
     if args.workers == 1:
-        scorer = LocalScorer(predictor, args.prefix, reader.null_is_empty)
+        scorer = LocalScorer(predictor, args.prefix, reader.null_is_empty, args.max_chars)
     else:
         del predictor  # it checked the run; each worker loads its own
-        scorer = PoolScorer(rdir, args.workers, threads, args.batch_size, args.prefix, reader.null_is_empty)
+        scorer = PoolScorer(rdir, args.workers, threads, args.batch_size, args.prefix, reader.null_is_empty,
+                            args.max_chars)
     try:
         return score_chunks(args, reader, [first] if first is not None else [], chunks, scorer, sink, state,
                             output, labels)
+    except BaseException:
+        if output is not None and not Path(f"{output}.progress.json").exists():
+            sink.close()  # nothing recorded, nothing to resume: leave no empty side files behind
+            for path in side_files(output):
+                shutil.rmtree(path) if path.is_dir() else path.unlink(missing_ok=True)
+        raise
     finally:
         scorer.close()
         sink.close()
@@ -541,8 +584,9 @@ def run_local(args, rdir: Path) -> dict:
 def score_chunks(args, reader, head, chunks, scorer, sink, state, output, labels) -> dict:
     """Score the chunks not yet done, write them in order, record the progress after each; then finish."""
     state = state or {"chunks_done": 0, "rows_done": 0, "counts": dict.fromkeys(STATUSES, 0)}
+    for s in STATUSES:  # a run recorded before a status existed
+        state["counts"].setdefault(s, 0)
     done, status = state["chunks_done"], f"{args.prefix}status"
-    kill_after = int(os.environ.get(KILL_AFTER_ENV, "-1"))
 
     def pending():
         for i, chunk in enumerate(itertools.chain(head, chunks)):
@@ -556,8 +600,6 @@ def score_chunks(args, reader, head, chunks, scorer, sink, state, output, labels
             if reader.name == "jsonl" and i > 0:  # JSON records may bring new keys in any chunk
                 check_no_collision(reader.columns(chunk), labels, args.prefix)
             sink.write(i, reader.encode(chunk, cols, sink.schema if reader.name == "parquet" else i == 0))
-            if i == kill_after:
-                os.kill(os.getpid(), signal.SIGKILL)
             for s, n in count_statuses(cols[status]).items():
                 state["counts"][s] += n
             state.update(chunks_done=i + 1, rows_done=state["rows_done"] + len(cols[status]),
@@ -569,8 +611,9 @@ def score_chunks(args, reader, head, chunks, scorer, sink, state, output, labels
         sink.finish()
     finally:
         bar.close()
-    if output is not None:
+    if output is not None:  # the output is complete: first forget the progress, then the leftovers (crash-safe)
         Path(f"{output}.progress.json").unlink(missing_ok=True)
+    sink.cleanup()
     elapsed = time.perf_counter() - start
     return {"rows": state["rows_done"], "counts": state["counts"], "seconds": elapsed,
             "rows_per_s": scored / elapsed if elapsed > 0 else 0.0}

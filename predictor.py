@@ -1,15 +1,21 @@
 """The INT8 model of a run as a Python predictor: texts in, labels and per-label probabilities out.
 
     from predictor import Predictor
-    p = Predictor("models/indobert-base-p1-qat-int8-smsa")  # batches of 32, sorted by length (as the eval scripts)
+    p = Predictor("models/indobert-base-p1-qat-int8-smsa")  # one text per call, as serve.py and predict.py
     p.predict(["makanan nya enak sekali"])
     # [{'label': 'positive', 'score': 0.91, 'probabilities': {'negative': 0.04, 'neutral': 0.05, 'positive': 0.91}}]
+    p.predict("makanan nya enak sekali")   # one string: one result (a dict, not a list)
 
-Batching: texts are sorted by token length and padded per batch (common.make_batches, the same batches the eval
-scripts use). ONNX Runtime's dynamic quantization computes one activation scale per tensor, so a text's logits
-depend on the other rows and the padding of its batch. `Predictor(..., batch_size=1)` (or `per_text=True`) runs
-every text as its own batch, without padding: each text's result then depends on that text only (deterministic
-per text), at some cost in throughput. benchmarks/batch_dependence.py measures how often the label changes.
+Batching: by default (batch_size=1) every text runs as its own batch, without padding: each text's result depends
+on that text only (deterministic per text), and equals what serve.py (--batch-mode per-text) and predict.py
+(--batch-size 1) answer for it. `Predictor(..., batch_size=32)` sorts the texts by token length and pads them per
+batch (common.make_batches, the batches the eval scripts use): faster where batching pays, but ONNX Runtime's
+dynamic quantization computes one activation scale per tensor, so a text's logits then depend on the other rows and
+the padding of its batch (benchmarks/batch_dependence.py measures how often the label changes).
+
+Texts: every item must be a str (TypeError otherwise) with some content and valid Unicode (ValueError naming the
+index otherwise: an empty or whitespace-only text, or a lone surrogate such as JSON's "\\ud800", which the tokenizer
+cannot take), as serve.py refuses them with 422.
 
 The INT8 model is refused on a CPU whose ONNX Runtime kernels compute it otherwise than it was trained
 (common.check_int8_cpu: 8-bit weights, quantized with --target-cpu vnni, need VNNI). The model file must be the one the run's lineage.json records as made from the run's current model_qat.pth and
@@ -63,9 +69,13 @@ def softmax(logits: np.ndarray) -> np.ndarray:
 
 
 class Predictor:
-    """A run folder's tokenizer, labels and ONNX model (by default the INT8 one); thread-safe."""
+    """A run folder's tokenizer, labels and ONNX model (by default the INT8 one); thread-safe.
 
-    def __init__(self, run_dir, threads: int | None = None, model_file: str = INT8_FILE, batch_size: int = 32,
+    predict(texts) takes a list of texts and returns a list of results, one per text; predict("a text") takes a
+    single string and returns its one result (a dict). batch_size=1 (default): each text scored alone, as the
+    service; per_text=True forces it whatever batch_size says. Refused texts: see the module docstring."""
+
+    def __init__(self, run_dir, threads: int | None = None, model_file: str = INT8_FILE, batch_size: int = 1,
                  per_text: bool = False):
         from transformers import AutoTokenizer
 
@@ -113,18 +123,21 @@ class Predictor:
             return make_batches(texts, self.tokenizer, self.input_names, self.max_length, self.batch_size)
 
     def predict_logits(self, texts) -> np.ndarray:
-        """Logits (n_texts, n_labels), float32, in the order of texts."""
+        """Logits (n_texts, n_labels), float32, in the order of texts; for a single string, its row (n_labels,)."""
+        if isinstance(texts, str):
+            return self.predict_logits([texts])[0]
         texts = list(texts)
-        bad = [i for i, t in enumerate(texts) if not isinstance(t, str)]
-        if bad:
-            raise TypeError(f"texts must be strings; item {bad[0]} is {type(texts[bad[0]]).__name__}")
+        check_texts(texts)
         logits = np.zeros((len(texts), len(self.labels)), dtype=np.float32)
         for idx, batch in (self.batches(texts) if texts else []):
             logits[idx] = np.asarray(self.forward(batch), dtype=np.float32)
         return logits
 
-    def predict(self, texts) -> list[dict]:
-        """For each text: {'label', 'score' (its probability), 'probabilities' {label: p}}."""
+    def predict(self, texts) -> list[dict] | dict:
+        """For each text: {'label', 'score' (its probability), 'probabilities' {label: p}}; for a single string
+        (not a list of its characters), its one result."""
+        if isinstance(texts, str):
+            return self.predict([texts])[0]
         probs = softmax(self.predict_logits(texts))
         out = []
         for row in probs:
@@ -132,3 +145,17 @@ class Predictor:
             out.append({"label": self.labels[k], "score": float(row[k]),
                         "probabilities": {l: float(p) for l, p in zip(self.labels, row)}})
         return out
+
+
+def check_texts(texts: list) -> None:
+    """Every item a str (TypeError) with content and valid Unicode (ValueError), each error naming the index."""
+    for i, t in enumerate(texts):
+        if not isinstance(t, str):
+            raise TypeError(f"texts must be strings; item {i} is {type(t).__name__}")
+        if not t.strip():
+            raise ValueError(f"text {i} is empty or only whitespace: every text needs some content")
+        try:
+            t.encode("utf-8")
+        except UnicodeEncodeError as e:
+            raise ValueError(f"text {i} is not valid Unicode ({e.reason} at character {e.start}: a lone surrogate "
+                             f"such as JSON's \\ud800?): the tokenizer cannot take it")

@@ -2,7 +2,9 @@
 workers). A row whose text is missing or empty gets a status instead of a label, so one bad row never stops a job.
 
 The output columns added to every row (after an optional prefix):
-    status                  ok | empty_text | missing_text | not_text
+    status                  ok | empty_text | missing_text | not_text | too_long (over max_chars characters,
+                            as serve.py refuses it) | invalid_text (not valid Unicode: a lone surrogate such as
+                            JSON's "\\ud800", which the tokenizer cannot take)
     label, score            the predicted label and its probability (empty unless status is ok)
     prob_<label>            one probability per label of the run
 """
@@ -17,21 +19,34 @@ from pathlib import Path
 
 from common import INT8_FILE, PipelineError, sha256_file
 
-OK, EMPTY, MISSING, NOT_TEXT = "ok", "empty_text", "missing_text", "not_text"
-STATUSES = (OK, EMPTY, MISSING, NOT_TEXT)
+OK, EMPTY, MISSING, NOT_TEXT, TOO_LONG, INVALID = ("ok", "empty_text", "missing_text", "not_text", "too_long",
+                                                   "invalid_text")
+STATUSES = (OK, EMPTY, MISSING, NOT_TEXT, TOO_LONG, INVALID)
+MAX_CHARS = 2000  # characters per text, as serve.py's --max-chars: beyond, tokenizing costs time for nothing
 FORMATS = {".csv": "csv", ".jsonl": "jsonl", ".ndjson": "jsonl", ".parquet": "parquet", ".pq": "parquet"}
 
-# One Predictor per (run, threads, batch size) and process: a worker process (predict.py --workers, or a Spark
-# Python worker, which Spark reuses across tasks) loads the model once and keeps it.
+# One Predictor per (run, model file content, threads, batch size) and process: a worker process (predict.py
+# --workers, or a Spark Python worker, which Spark reuses across tasks) loads the model once and keeps it, until the
+# run's model file changes (a re-quantized run in the same folder gets a new Predictor, not the old model).
 _PREDICTORS: dict = {}
 _WORKER = None  # the Predictor of a predict.py worker process
 
 
-def cached_predictor(run_dir, threads: int, batch_size: int):
+def cached_predictor(run_dir, threads: int, batch_size: int, expected_sha256: str | None = None):
+    """The process's Predictor of the run's current model; expected_sha256 (the model the driver verified): refuse
+    any other model with one line."""
     from predictor import Predictor
 
-    key = (str(Path(run_dir).resolve()), int(threads), int(batch_size))
+    path = str(Path(run_dir).resolve())
+    sha = model_sha256(run_dir)
+    if expected_sha256 is not None and sha != expected_sha256:
+        raise PipelineError(f"{Path(run_dir) / INT8_FILE} on this worker has sha256 {sha[:12]}..., not the model the "
+                            f"driver verified ({expected_sha256[:12]}...): give the workers the same run folder "
+                            f"(--spark-run-path, or --spark-ship-run)")
+    key = (path, sha, int(threads), int(batch_size))
     if key not in _PREDICTORS:
+        for old in [k for k in _PREDICTORS if k[0] == path and k[1] != sha]:
+            del _PREDICTORS[old]  # the run's earlier model: never used again
         _PREDICTORS[key] = Predictor(run_dir, threads=threads, batch_size=batch_size, per_text=batch_size == 1)
     return _PREDICTORS[key]
 
@@ -51,29 +66,59 @@ def format_of(path: str, given: str | None) -> str:
     """csv, jsonl or parquet: --format for stdin/stdout ('-'), else the file's extension."""
     if path == "-" or given:
         if not given:
-            raise PipelineError("reading stdin or writing stdout ('-') needs --format csv|jsonl|parquet")
+            raise PipelineError("reading stdin and writing stdout ('-') needs --format csv|jsonl|parquet")
         return given
     fmt = FORMATS.get(Path(path).suffix.lower())
+    if fmt is None and Path(path).is_dir():
+        raise PipelineError(f"{path} is a folder whose name has no format extension: pass --format "
+                            f"csv|jsonl|parquet")
     if fmt is None:
         raise PipelineError(f"{path}: unknown extension {Path(path).suffix or '(none)'!r}: use "
                             f"{', '.join(FORMATS)} (JSONL: one JSON object per line), or pass --format")
     return fmt
 
 
-def text_status(value, null_is_empty: bool = False) -> str:
+def check_not_same_file(input_path: str, output_path: str) -> None:
+    """The output must not replace the input (the same path, or the same file through a link)."""
+    if "-" in (input_path, output_path):
+        return
+    src, dst = Path(input_path), Path(output_path)
+    same = src.resolve() == dst.resolve()
+    if not same and src.exists() and dst.exists():
+        same = os.path.samefile(src, dst)
+    if same:
+        raise PipelineError(f"--output {output_path} is the input file: the scores would replace the input; "
+                            f"name another output file")
+
+
+def is_unicode(text: str) -> bool:
+    """False for a str the tokenizer cannot take (it must encode as UTF-8: a lone surrogate cannot)."""
+    try:
+        text.encode("utf-8")
+        return True
+    except UnicodeEncodeError:
+        return False
+
+
+def text_status(value, null_is_empty: bool = False, max_chars: int = MAX_CHARS) -> str:
     """The status of one cell of the text column. CSV has no null: there an empty field is empty_text."""
     if value is None or (isinstance(value, float) and math.isnan(value)):
         return EMPTY if null_is_empty else MISSING
     if not isinstance(value, str):
         return NOT_TEXT
-    return OK if value.strip() else EMPTY
+    if not value.strip():  # strip stops at the first character that is not a space, however long the text
+        return EMPTY
+    if len(value) > max_chars:  # before anything that reads the whole text
+        return TOO_LONG
+    return OK if is_unicode(value) else INVALID
 
 
-def score_texts(predictor, texts, prefix: str = "", null_is_empty: bool = False) -> dict[str, list]:
+def score_texts(predictor, texts, prefix: str = "", null_is_empty: bool = False,
+                max_chars: int = MAX_CHARS) -> dict[str, list]:
     """Columns (name -> list, one item per text) for a chunk of texts: status, label, score, prob_<label>.
     The values are those of predictor.predict() for the texts with status ok; None for the others."""
     texts = list(texts)
-    status = [text_status(t, null_is_empty) for t in texts]
+    status = [text_status(t, null_is_empty, max_chars) for t in texts]
     ok = [i for i, s in enumerate(status) if s == OK]
     preds = predictor.predict([texts[i] for i in ok])
     labels = list(predictor.labels)
@@ -115,5 +160,5 @@ def exit_with_parent(parent_pid: int) -> None:
     os._exit(1)
 
 
-def score_in_worker(texts, prefix: str, null_is_empty: bool) -> dict[str, list]:
-    return score_texts(_WORKER, texts, prefix, null_is_empty)
+def score_in_worker(texts, prefix: str, null_is_empty: bool, max_chars: int = MAX_CHARS) -> dict[str, list]:
+    return score_texts(_WORKER, texts, prefix, null_is_empty, max_chars)

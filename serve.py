@@ -12,9 +12,11 @@
 
 Binds to 127.0.0.1 unless --host says otherwise. Bad input gets a 4xx with a one-line "detail" message and the
 service keeps answering: body not JSON or not {"texts": [...]} (400/422), empty list, non-string items, empty or
-whitespace-only texts, more than --max-batch texts, a text over --max-chars characters (422), a body over
---max-body-bytes (413); more than --max-pending requests waiting, or a request unanswered after --request-timeout s,
-gets 503. Inference runs in a worker thread, one forward job at a time (the model already uses --threads cores),
+whitespace-only texts, texts that are not valid Unicode (a lone surrogate such as "\\ud800"), more than --max-batch
+texts, a text over --max-chars characters (422), a body over --max-body-bytes (413, after reading and discarding a
+body of up to 16 MiB so that any client gets the answer); more than --max-pending requests waiting, or a request
+unanswered after --request-timeout s, gets 503. A 500 (a failed inference) is logged with its traceback; a failed
+job of several gathered requests is retried one request at a time, so a bad request fails only itself. Inference runs in a worker thread, one forward job at a time (the model already uses --threads cores),
 so the event loop keeps answering; requests that arrive together are gathered into one job (micro-batching).
 
 --workers N runs N processes (uvicorn workers), each with its own copy of the model and --threads ONNX Runtime
@@ -35,8 +37,10 @@ import glob
 import importlib.util
 import ipaddress
 import json
+import logging
 import os
 import shutil
+import socket
 import sys
 import tempfile
 import time
@@ -47,6 +51,7 @@ from pathlib import Path
 
 from common import (INT8_FILE, MODELS_DIR, QUANT_CONFIG_FILE, RESULTS_DIR, RUN_INFO_FILE, PipelineError, main_guard,
                     sha256_file)
+from scoring import MAX_CHARS, is_unicode
 
 METRIC_KEYS = ("accuracy", "f1_macro", "precision_macro", "recall_macro", "n_samples", "batch_size", "data")
 # The evaluation that matches each batch mode (eval_onnx_int8_dynamic.py [--per-text]).
@@ -55,6 +60,11 @@ EVAL_FLAGS = {"per-text": " --per-text", "shared": ""}
 CONFIG_ENV = "QAT_SERVE_CONFIG"  # the settings main() hands to the worker processes (app_factory)
 ENDPOINTS = ("/predict", "/health", "/metadata", "/metrics")  # metric labels: any other path counts as "other"
 LATENCY_BUCKETS_S = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0)
+# A body over --max-body-bytes is read and discarded up to this size before the 413: a client still sending when the
+# server answered and closed would get "broken pipe" instead of the answer. Larger bodies are answered at once.
+DRAIN_MAX_BYTES = 16 << 20
+# uvicorn configures this logger in every worker process (its level is --log-level; errors always show)
+log = logging.getLogger("uvicorn.error")
 
 
 def default_threads(workers: int) -> int:
@@ -67,7 +77,7 @@ class Settings:
     batch_mode: str = "per-text"  # or "shared"
     batch_size: int = 32  # rows per ONNX Runtime batch in shared mode
     max_batch: int = 64  # texts per request
-    max_chars: int = 2000  # characters per text
+    max_chars: int = MAX_CHARS  # characters per text (predict.py's default too)
     max_body_bytes: int = 1_000_000
     max_pending: int = 256  # requests waiting or running before 503
     batch_wait_ms: float = 2.0  # shared mode: how long to wait for more requests to join a job
@@ -265,19 +275,32 @@ class Batcher:
             items = [(t, f) for t, f in items if not f.done()]  # clients that went away
             if not items:
                 continue
-            texts = [t for ts, _ in items for t in ts]
             try:
-                results = await loop.run_in_executor(self.executor, self.predictor.predict, texts)
+                await self._answer(loop, items)
             except Exception as e:  # a failed job fails its requests, never the service
-                for _, f in items:
-                    if not f.done():
-                        f.set_exception(e)
-                continue
-            start = 0
-            for ts, f in items:
-                if not f.done():
-                    f.set_result(results[start:start + len(ts)])
-                start += len(ts)
+                if len(items) == 1:
+                    self._fail(items[0][1], e)
+                    continue
+                for item in items:  # several requests gathered: each alone, so only the bad one fails
+                    try:
+                        await self._answer(loop, [item])
+                    except Exception as e1:
+                        self._fail(item[1], e1)
+
+    @staticmethod
+    def _fail(fut, error: Exception):
+        if not fut.done():
+            fut.set_exception(error)
+
+    async def _answer(self, loop, items):
+        """One inference job for the texts of the items; each request's future gets its results."""
+        texts = [t for ts, _ in items for t in ts]
+        results = await loop.run_in_executor(self.executor, self.predictor.predict, texts)
+        start = 0
+        for ts, f in items:
+            if not f.done():
+                f.set_result(results[start:start + len(ts)])
+            start += len(ts)
 
 
 def validate(payload, s: Settings) -> list[str]:
@@ -301,6 +324,9 @@ def validate(payload, s: Settings) -> list[str]:
             raise BadRequest(422, f'"texts"[{i}] is empty or only whitespace: every text needs some content')
         if len(t) > s.max_chars:
             raise BadRequest(422, f'"texts"[{i}] has {len(t)} characters, more than --max-chars {s.max_chars}')
+        if not is_unicode(t):
+            raise BadRequest(422, f'"texts"[{i}] is not valid Unicode (a lone surrogate such as \\ud800): send '
+                                  f'text that encodes as UTF-8')
     return texts
 
 
@@ -331,6 +357,14 @@ def create_app(predictor, settings: Settings, metadata: dict, metrics: ServiceMe
     async def bad_request(request, exc: BadRequest):
         return JSONResponse({"detail": exc.detail}, status_code=exc.status)
 
+    async def discard_body(request: Request, received: int) -> None:
+        """Read the rest of a refused body, up to DRAIN_MAX_BYTES in all, so the client is not cut off while still
+        sending (it would see a broken pipe, not the 413)."""
+        async for chunk in request.stream():
+            received += len(chunk)
+            if received > DRAIN_MAX_BYTES:
+                return
+
     async def read_body(request: Request) -> bytes:
         """The body, refused with 413 once it is over the limit (by Content-Length, or as it streams in)."""
         limit = settings.max_body_bytes
@@ -341,11 +375,14 @@ def create_app(predictor, settings: Settings, metadata: dict, metrics: ServiceMe
             except ValueError:
                 raise BadRequest(400, "invalid Content-Length header")
             if declared_n > limit:
+                if declared_n <= DRAIN_MAX_BYTES:
+                    await discard_body(request, 0)
                 raise BadRequest(413, f"body of {declared_n} bytes is over the limit of {limit} bytes (--max-body-bytes)")
         body = bytearray()
         async for chunk in request.stream():
             body += chunk
             if len(body) > limit:
+                await discard_body(request, len(body))
                 raise BadRequest(413, f"body is over the limit of {limit} bytes (--max-body-bytes)")
         return bytes(body)
 
@@ -362,7 +399,9 @@ def create_app(predictor, settings: Settings, metadata: dict, metrics: ServiceMe
         except BadRequest:
             raise
         except Exception as e:
-            return JSONResponse({"detail": f"inference failed: {type(e).__name__}: {str(e)[:200]}"}, status_code=500)
+            log.error("POST /predict: inference failed for %d text(s)", len(texts), exc_info=e)
+            detail = " ".join(f"inference failed: {type(e).__name__}: {e}".split())[:300]
+            return JSONResponse({"detail": detail}, status_code=500)
         metrics.texts_scored.inc(len(predictions))
         return {"predictions": predictions}
 
@@ -434,6 +473,22 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def check_port_free(host: str, port: int) -> None:
+    """Bind the address once before loading the model: a busy port is one line, before anything says 'serving'."""
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    except socket.gaierror as e:
+        raise PipelineError(f"--host {host}: {e.strerror}: pass an address of this machine (127.0.0.1, 0.0.0.0)")
+    family, kind, proto, _, address = infos[0]
+    with socket.socket(family, kind, proto) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn binds: a port in TIME_WAIT is free
+        try:
+            s.bind(address)
+        except OSError as e:
+            raise PipelineError(f"cannot listen on {host}:{port} ({e.strerror}): another process uses the port? "
+                                f"Stop it or pass another --port")
+
+
 def main():
     args = build_parser().parse_args()
     # prometheus_client picks its mode when first imported: in memory for one process, files for several (below).
@@ -452,6 +507,7 @@ def main():
     missing = [m for m in ("fastapi", "uvicorn", "prometheus_client") if importlib.util.find_spec(m) is None]
     if missing:
         raise PipelineError(f"serve.py needs {', '.join(missing)}: pip install -r requirements.txt")
+    check_port_free(args.host, args.port)
     try:
         ip = ipaddress.ip_address(args.host)
         exposed = not ip.is_loopback

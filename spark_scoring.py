@@ -5,7 +5,9 @@
 
 Each row gets the columns of scoring.py (status, label, score, prob_<label>), computed by the same code as
 predict.py: `mapInPandas` hands Arrow batches of rows to Python workers, and every Python worker loads the run's
-Predictor once (scoring.cached_predictor) and keeps it for all its tasks (Spark reuses Python workers).
+Predictor once (scoring.cached_predictor, keyed by the model file's sha256) and keeps it for all its tasks (Spark
+reuses Python workers). The driver verifies the run and hands its model's sha256 to the workers: a worker whose
+copy of the run holds another model (re-quantized meanwhile, or a stale shared copy) refuses it with one line.
 
 Where the workers find the run: the run folder itself when the master is local; else the folder is zipped
 (without the training checkpoint and the FP32 model) and shipped with the job (SparkContext.addFile), unless
@@ -18,8 +20,10 @@ and writes Spark's usual output folder (part files, in input order).
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import os
+import re
 import shutil
 import sys
 import tempfile
@@ -28,12 +32,12 @@ import zipfile
 from pathlib import Path
 
 from common import ROOT, STATE_DICT_FILE, ONNX_FILE, PipelineError, load_run_labels
-from scoring import (FORMATS, STATUSES, cached_predictor, check_no_collision, format_of, model_sha256,
-                     output_columns, score_texts)
+from scoring import (FORMATS, MAX_CHARS, STATUSES, cached_predictor, check_no_collision, check_not_same_file,
+                     format_of, model_sha256, output_columns, score_texts)
 
 ROW_ID = "__qat_row_id__"
 NOT_SHIPPED = {STATE_DICT_FILE, ONNX_FILE}  # training checkpoint and FP32 model: not needed to predict
-_SHIPPED: dict = {}  # per SparkContext: what was already added to it
+_SHIPPED: dict = {}  # per SparkContext (its applicationId: an id() may be reused by the next one): what was added
 
 
 def spark_session(master: str | None = None, app_name: str = "qat-int8-predict", conf: dict | None = None):
@@ -64,19 +68,21 @@ def added_fields(labels, prefix: str = ""):
 
 def score_dataframe(df, run_dir, text_column: str = "text", *, prefix: str = "", batch_size: int = 1,
                     threads: int = 1, worker_run_path: str | None = None, ship: bool | None = None,
-                    null_is_empty: bool = False):
+                    null_is_empty: bool = False, max_chars: int = MAX_CHARS):
     """df with the columns of scoring.py added (status, label, score, prob_<label>), computed lazily.
 
     batch_size 1 (default): every text scored alone, as Predictor(run, per_text=True); N > 1 batches the texts
     of each Arrow batch (benchmarks/reports/batch_dependence.md: a few labels change). threads: ONNX Runtime
     threads per Python worker (one per task core). ship: zip the run folder into the job (default: when the
-    master is not local and no worker_run_path is given). null_is_empty: a null text is empty_text (CSV input)."""
+    master is not local and no worker_run_path is given). null_is_empty: a null text is empty_text (CSV input).
+    max_chars: a longer text gets status too_long, as in predict.py."""
     from pyspark.sql.types import StructType
 
     from predictor import Predictor
 
     run_dir = Path(run_dir).resolve()
     Predictor(run_dir, threads=1)  # checks the run here, on the driver, with a one-line error
+    verified_sha256 = model_sha256(run_dir)  # the workers must score with this model, none other
     labels = load_run_labels(run_dir)
     types = dict(df.dtypes)
     if text_column not in types:
@@ -95,15 +101,17 @@ def score_dataframe(df, run_dir, text_column: str = "text", *, prefix: str = "",
     else:
         run_ref = ("path", worker_run_path or str(run_dir))
     schema = StructType(list(df.schema.fields) + added_fields(labels, prefix))
-    fn = functools.partial(score_batches, run_ref, threads, batch_size, text_column, prefix, null_is_empty)
+    fn = functools.partial(score_batches, run_ref, verified_sha256, threads, batch_size, text_column, prefix,
+                           null_is_empty, max_chars)
     return df.mapInPandas(fn, schema)
 
 
-def score_batches(run_ref, threads, batch_size, text_column, prefix, null_is_empty, batches):
+def score_batches(run_ref, verified_sha256, threads, batch_size, text_column, prefix, null_is_empty, max_chars,
+                  batches):
     """mapInPandas function, run by the Python workers: pandas batches in, the same rows with the scores out."""
-    predictor = cached_predictor(worker_run_dir(run_ref), threads, batch_size)
+    predictor = cached_predictor(worker_run_dir(run_ref), threads, batch_size, expected_sha256=verified_sha256)
     for pdf in batches:
-        cols = score_texts(predictor, pdf[text_column].tolist(), prefix, null_is_empty)
+        cols = score_texts(predictor, pdf[text_column].tolist(), prefix, null_is_empty, max_chars)
         yield pdf.assign(**cols)
 
 
@@ -112,7 +120,7 @@ def score_batches(run_ref, threads, batch_size, text_column, prefix, null_is_emp
 
 def ship_modules(sc) -> None:
     """The project's modules (this folder's *.py) as one zip on the workers' sys.path, once per SparkContext."""
-    key = (id(sc), "modules")
+    key = (sc.applicationId, "modules")
     if key in _SHIPPED:
         return
     tmp = Path(tempfile.mkdtemp(prefix="qat-spark-"))
@@ -128,7 +136,7 @@ def ship_run(sc, run_dir: Path) -> str:
     """Zip the files needed to predict (not model_qat.pth nor the FP32 ONNX) and add the zip to the job; its
     name carries the model's hash, so two versions of a run never meet in a worker's cache."""
     name = f"run-{run_dir.name}-{model_sha256(run_dir)[:12]}.zip"
-    key = (id(sc), name)
+    key = (sc.applicationId, name)
     if key not in _SHIPPED:
         path = Path(tempfile.mkdtemp(prefix="qat-spark-")) / name
         with zipfile.ZipFile(path, "w") as z:
@@ -196,6 +204,18 @@ def write_output(df, path: str, fmt: str) -> None:
         writer.parquet(path)
 
 
+@contextlib.contextmanager
+def worker_errors_as_one_line():
+    """A PipelineError raised on a worker reaches the driver inside Spark's long report: raise its line alone."""
+    try:
+        yield
+    except Exception as e:
+        found = re.findall(r"PipelineError: (.+)", str(e))
+        if found:
+            raise PipelineError(found[-1].strip()) from None
+        raise
+
+
 def hadoop_replace(spark, src: str, dst: str) -> None:
     """Rename src to dst on the output's file system (local, HDFS, ...), replacing dst."""
     jvm, conf = spark._jvm, spark.sparkContext._jsc.hadoopConfiguration()
@@ -228,6 +248,7 @@ def run_cli(args, rdir: Path) -> dict:
     out_fmt = args.format or FORMATS.get(Path(args.output).suffix.lower(), fmt)
     if out_fmt != fmt:
         raise PipelineError(f"the output is written in the input's format ({fmt}): name it *.{fmt}")
+    check_not_same_file(args.input, args.output)
     spark = spark_session(args.spark_master)
     try:
         sc = spark.sparkContext
@@ -237,10 +258,12 @@ def run_cli(args, rdir: Path) -> dict:
         threads = args.threads or int(sc.getConf().get("spark.task.cpus", "1"))
         scored = score_dataframe(df, rdir, args.text_column, prefix=args.prefix, batch_size=args.batch_size,
                                  threads=threads, worker_run_path=args.spark_run_path,
-                                 ship=True if args.spark_ship_run else None, null_is_empty=fmt == "csv")
+                                 ship=True if args.spark_ship_run else None, null_is_empty=fmt == "csv",
+                                 max_chars=args.max_chars)
         partial = f"{args.output.rstrip('/')}.partial"
         start = time.perf_counter()
-        write_output(scored.drop(ROW_ID), partial, fmt)
+        with worker_errors_as_one_line():
+            write_output(scored.drop(ROW_ID), partial, fmt)
         elapsed = time.perf_counter() - start
         hadoop_replace(spark, partial, args.output)
         counts = status_counts(spark, args.output, fmt, f"{args.prefix}status")

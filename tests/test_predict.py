@@ -2,9 +2,12 @@
 Predictor(per_text=True), rows without text, worker processes, kill and resume, one-line errors."""
 
 import json
+import os
 import signal
 import subprocess
 import sys
+import time
+from pathlib import Path
 
 import pandas as pd
 import pyarrow as pa
@@ -68,6 +71,39 @@ def csv_input(tiny):
     path = tiny["tmp"] / "in.csv"
     df.to_csv(path, index=False)
     return {"path": path, "df": df}
+
+
+@pytest.fixture(scope="module")
+def big_input(tiny):
+    """Rows enough for predict.py to be killed while it runs (hundreds of chunks of 10 rows), and its
+    uninterrupted output, per format."""
+    df = input_table(tiny["texts"], 3000)
+    out = {"df": df, "csv": tiny["tmp"] / "big.csv", "parquet": tiny["tmp"] / "big.parquet"}
+    df.to_csv(out["csv"], index=False)
+    df.to_parquet(out["parquet"])
+    return out
+
+
+def start_predict(w, *args):
+    return subprocess.Popen([sys.executable, str(ROOT / "predict.py"), "--run-name", "tiny", "--no-progress",
+                             *map(str, args)], env=w["env"], cwd=ROOT, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE, text=True)
+
+
+def kill_when_recorded(w, output, *args, chunks=2, timeout=600) -> dict:
+    """predict.py started for real, killed with SIGKILL from here once its progress file records `chunks`
+    chunks; the progress it left."""
+    progress = Path(f"{output}.progress.json")
+    proc = start_predict(w, *args, "--output", output)
+    deadline = time.monotonic() + timeout
+    while not (progress.is_file() and json.loads(progress.read_text())["chunks_done"] >= chunks):
+        assert proc.poll() is None, f"predict.py ended before it was killed: {proc.stderr.read()[-2000:]}"
+        assert time.monotonic() < deadline, "predict.py recorded no chunk in time"
+        time.sleep(0.002)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.communicate(timeout=60)
+    assert proc.returncode == -signal.SIGKILL, "predict.py finished before the kill: give it more rows"
+    return json.loads(progress.read_text())
 
 
 def test_csv_round_trip(tiny, csv_input, tmp_path):
@@ -149,46 +185,107 @@ def test_stdin_to_stdout(tiny, csv_input, tmp_path):
     assert proc.returncode == 0, proc.stderr.decode()
     assert proc.stdout == (tmp_path / "file.csv").read_bytes()
     assert b"scored 230 rows into stdout" in proc.stderr
+    # a named input to stdout: the input's format, without --format
+    proc = subprocess.run([sys.executable, str(ROOT / "predict.py"), "--run-name", "tiny", "--input",
+                           str(csv_input["path"]), "--output", "-", "--prefix", "pred_", "--no-progress"],
+                          capture_output=True, env=tiny["env"], cwd=ROOT, timeout=600)
+    assert proc.returncode == 0, proc.stderr.decode()
+    assert proc.stdout == (tmp_path / "file.csv").read_bytes()
 
 
 @pytest.mark.parametrize("fmt", ["csv", "parquet"])
-def test_kill_and_resume_gives_the_same_output(tiny, csv_input, tmp_path, fmt):
-    """SIGKILL after 2 recorded chunks, with the 3rd chunk's output already written: nothing under the final
-    name; --resume cuts the unrecorded output, scores chunks 3.. only, and the file equals an uninterrupted run."""
-    src = csv_input["path"]
-    if fmt == "parquet":
-        src = tmp_path / "in.parquet"
-        csv_input["df"].to_parquet(src)
-    args = ["--input", src, "--chunk-rows", 40, "--prefix", "pred_"]
+def test_kill_and_resume_gives_the_same_output(tiny, big_input, tmp_path, fmt):
+    """predict.py killed with a real SIGKILL while it scores: nothing under the final name; --resume cuts what a
+    crash left after the last recorded chunk (here: half a chunk's bytes, or a part file), scores the rest only,
+    and the file equals an uninterrupted run byte for byte."""
+    args = ["--input", big_input[fmt], "--chunk-rows", 10, "--prefix", "pred_"]
     predict(tiny, *args, "--output", tmp_path / f"whole.{fmt}")
     out = tmp_path / f"out.{fmt}"
-    killed = predict(tiny, *args, "--output", out, check=False,
-                     env={**tiny["env"], "QAT_PREDICT_KILL_AFTER_CHUNKS": "2"})
-    assert killed.returncode == -signal.SIGKILL
+    progress = kill_when_recorded(tiny, out, *args)
     assert not out.exists()
-    progress = json.loads((tmp_path / f"out.{fmt}.progress.json").read_text())
-    assert progress["chunks_done"] == 2 and progress["rows_done"] == 80
-    if fmt == "csv":
-        assert (tmp_path / "out.csv.partial").stat().st_size > progress["output_bytes"]  # chunk 3 was written
+    done = progress["chunks_done"]
+    assert done >= 2 and progress["rows_done"] == 10 * done
+    if fmt == "csv":  # what a crash while writing the next chunk leaves
+        with open(tmp_path / "out.csv.partial", "ab") as f:
+            f.write(b'999,"half a row')
     else:
-        assert len(list((tmp_path / "out.parquet.parts").iterdir())) == 3
+        (tmp_path / "out.parquet.parts" / f"part-{done:06d}.parquet").write_bytes(b"PAR1 half a part")
     resumed = predict(tiny, *args, "--output", out, "--resume")
     assert out.read_bytes() == (tmp_path / f"whole.{fmt}").read_bytes()
-    assert "scored 230 rows" in resumed.stdout and "ok 228, empty_text 2" in resumed.stdout
+    assert "scored 3000 rows" in resumed.stdout and "ok 2998, empty_text 2" in resumed.stdout
     assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith("out.")) == [f"out.{fmt}"]
 
 
-def test_resume_refuses_another_input(tiny, csv_input, tmp_path):
+def test_resume_refuses_another_input(tiny, big_input, tmp_path):
     src = tmp_path / "in.csv"
-    csv_input["df"].to_csv(src, index=False)
-    args = ["--input", src, "--output", tmp_path / "out.csv", "--chunk-rows", 40, "--prefix", "pred_"]
-    predict(tiny, *args, check=False, env={**tiny["env"], "QAT_PREDICT_KILL_AFTER_CHUNKS": "1"})
-    csv_input["df"].head(100).to_csv(src, index=False)  # the input changed since
-    proc = predict(tiny, *args, "--resume", check=False)
+    big_input["df"].to_csv(src, index=False)
+    args = ["--input", src, "--chunk-rows", 10, "--prefix", "pred_"]
+    kill_when_recorded(tiny, tmp_path / "out.csv", *args, chunks=1)
+    big_input["df"].head(100).to_csv(src, index=False)  # the input changed since
+    proc = predict(tiny, *args, "--output", tmp_path / "out.csv", "--resume", check=False)
     assert proc.returncode == 2
     assert proc.stderr.strip().splitlines() == [proc.stderr.strip()]
     assert "cannot resume" in proc.stderr and "another input" in proc.stderr
     assert (tmp_path / "out.csv.partial").exists() and not (tmp_path / "out.csv").exists()
+
+
+def test_resume_refuses_an_input_changed_in_place(tiny, big_input, tmp_path):
+    """One byte of an already scored row changed, the file's size and modification time kept: another input."""
+    src = tmp_path / "in.csv"
+    big_input["df"].to_csv(src, index=False)
+    args = ["--input", src, "--chunk-rows", 10, "--prefix", "pred_"]
+    kill_when_recorded(tiny, tmp_path / "out.csv", *args, chunks=1)
+    st = src.stat()
+    data = bytearray(src.read_bytes())
+    at = data.index(b"\n000,") + 5  # the first row's text
+    data[at + 1] = ord("X") if data[at + 1] != ord("X") else ord("Y")
+    src.write_bytes(bytes(data))
+    os.utime(src, ns=(st.st_atime_ns, st.st_mtime_ns))
+    assert src.stat().st_size == st.st_size and src.stat().st_mtime_ns == st.st_mtime_ns
+    proc = predict(tiny, *args, "--output", tmp_path / "out.csv", "--resume", check=False)
+    assert proc.returncode == 2 and "cannot resume" in proc.stderr and "another input" in proc.stderr, proc.stderr
+
+
+class Crash(BaseException):
+    """Stands for the process dying (not an Exception: nothing may catch it)."""
+
+
+def test_a_crash_while_finishing_parquet_never_empties_the_output(tiny, csv_input, tmp_path, monkeypatch):
+    """The process dies right after removing the part files of a finished Parquet output: --resume must not
+    rebuild the output from the parts left (none) and empty it."""
+    import shutil
+
+    import predict as predict_py
+
+    src = tmp_path / "in.parquet"
+    csv_input["df"].to_parquet(src)
+    out = tmp_path / "out.parquet"
+    args = ["--run-name", str(tiny["run"]), "--input", str(src), "--output", str(out), "--chunk-rows", "40",
+            "--prefix", "pred_", "--no-progress", "--threads", "1"]
+    real_rmtree = shutil.rmtree
+
+    def rmtree_then_die(path, *a, **k):
+        real_rmtree(path, *a, **k)
+        if str(path).endswith(".parts") and not k.get("ignore_errors"):  # the finished output's parts
+            raise Crash()
+
+    monkeypatch.setattr(predict_py.shutil, "rmtree", rmtree_then_die)
+    with pytest.raises(Crash):
+        predict_py.main(args)
+    monkeypatch.undo()
+    finished = pq.read_table(out)
+    assert finished.num_rows == 230
+    predict_py.main(args + ["--resume"])
+    assert pq.read_table(out).equals(finished)
+
+
+BAD_CSV = {  # file content -> the one line predict.py must answer with
+    "ragged first row": (b"id,text\n1,bagus,extra\n2,jelek\n", "in.csv line 2 has 3 fields but the header has 2"),
+    "ragged later row": (b'id,text\n1,"bagus\nsekali"\n2,jelek,x\n', "in.csv line 4 has 3 fields"),
+    "short row": (b"id,text\n1,bagus\n2\n", "in.csv line 3 has 1 field but the header has 2"),
+    "repeated column": (b"text,text\nbagus,jelek\n", "names column(s) 'text' more than once"),
+    "not utf-8": ("text\nbagus\nkopi di kaf\u00e9\n".encode("cp1252"), "(line 3, byte 0xe9): save it as UTF-8"),
+}
 
 
 @pytest.mark.parametrize("case, match", [
@@ -197,10 +294,13 @@ def test_resume_refuses_another_input(tiny, csv_input, tmp_path):
     ("unknown extension", "unknown extension '.txt'"),
     ("unknown run", "no run 'nope'"),
     ("added column exists", "pass --prefix"),
-    ("stdin without format", "needs --format"),
+    ("stdin to stdout without format", "needs --format"),
+    ("folder", "is a folder"),
+    *((case, match) for case, (_, match) in BAD_CSV.items()),
 ])
 def test_bad_input_gets_one_line_error(tiny, csv_input, tmp_path, case, match):
     src, extra, run = str(csv_input["path"]), ["--prefix", "pred_"], "tiny"
+    out = tmp_path / ("out.txt" if case == "unknown extension" else "out.csv")
     if case == "missing file":
         src = str(tmp_path / "nope.csv")
     elif case == "no text column":
@@ -212,9 +312,14 @@ def test_bad_input_gets_one_line_error(tiny, csv_input, tmp_path, case, match):
         run = "nope"
     elif case == "added column exists":
         extra = []  # the input has a 'label' column
-    elif case == "stdin without format":
-        src = "-"
-    out = tmp_path / ("out.txt" if case == "unknown extension" else "out.csv")
+    elif case == "stdin to stdout without format":
+        src = out = "-"
+    elif case == "folder":
+        (tmp_path / "in").mkdir()
+        src = str(tmp_path / "in")
+    elif case in BAD_CSV:
+        (tmp_path / "in.csv").write_bytes(BAD_CSV[case][0])
+        src = str(tmp_path / "in.csv")
     proc = subprocess.run([sys.executable, str(ROOT / "predict.py"), "--run-name", run, "--input", src,
                            "--output", str(out), "--no-progress", *extra], capture_output=True, text=True,
                           env=tiny["env"], cwd=ROOT, timeout=600, stdin=subprocess.DEVNULL)
@@ -222,6 +327,43 @@ def test_bad_input_gets_one_line_error(tiny, csv_input, tmp_path, case, match):
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: ") and match in lines[0], proc.stderr
     assert not [p for p in tmp_path.iterdir() if p.name.startswith("out")]
+
+
+@pytest.mark.parametrize("how", ["same path", "symlink", "hard link"])
+def test_output_that_is_the_input_is_refused(tiny, csv_input, tmp_path, how):
+    src = tmp_path / "in.csv"
+    src.write_bytes(csv_input["path"].read_bytes())
+    out = {"same path": tmp_path / "." / "in.csv", "symlink": tmp_path / "link.csv",
+           "hard link": tmp_path / "hard.csv"}[how]
+    if how == "symlink":
+        out.symlink_to(src)
+    elif how == "hard link":
+        os.link(src, out)
+    proc = predict(tiny, "--input", src, "--output", out, "--prefix", "pred_", check=False)
+    assert proc.returncode == 2 and proc.stderr.strip().splitlines() == [proc.stderr.strip()], proc.stderr
+    assert "is the input file" in proc.stderr
+    assert src.read_bytes() == csv_input["path"].read_bytes()
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted({"in.csv", out.name})
+
+
+def test_rows_the_model_cannot_take_get_a_status(tiny, tmp_path):
+    """A text that is not valid Unicode (JSON's "\\ud800", a lone surrogate the tokenizer cannot take) gets
+    invalid_text, a text over --max-chars gets too_long; the other rows are scored as usual."""
+    texts = tiny["texts"][:6]
+    records = [{"id": i, "text": t} for i, t in enumerate(texts)]
+    records[1]["text"] = "\ud800"
+    records[3]["text"] = "bagus " * 60  # 360 characters
+    src = tmp_path / "in.jsonl"
+    src.write_text("".join(json.dumps(r) + "\n" for r in records))  # ensure_ascii: the surrogate as an escape
+    proc = predict(tiny, "--input", src, "--output", tmp_path / "out.jsonl", "--max-chars", 300, "--prefix", "pred_",
+                   "--chunk-rows", 4)
+    out = pd.DataFrame([json.loads(line) for line in (tmp_path / "out.jsonl").read_text().splitlines()],
+                       dtype=object)  # object: an Arrow string column cannot hold the surrogate
+    assert out["pred_status"].tolist() == ["ok", "invalid_text", "ok", "too_long", "ok", "ok"]
+    assert out.loc[1, "pred_label"] is None and out.loc[3, "pred_label"] is None
+    assert_scores_equal(out, [r["text"] for r in records], tiny["run"])
+    assert "ok 4, too_long 1, invalid_text 1" in proc.stdout
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["in.jsonl", "out.jsonl"]
 
 
 @pytest.mark.skipif(not SMSA.is_dir(), reason="../shared/data/smsa not present (the benchmark scores its texts)")

@@ -6,14 +6,18 @@ Runtime session on each text alone, without the project's batching code."""
 import asyncio
 import hashlib
 import json
+import logging
 import os
 import re
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import threading
 import time
+import urllib.error
+import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -168,6 +172,42 @@ def test_per_text_evaluation_is_each_text_alone(tiny_run, reference):
     assert batched["stage"] == "onnx_int8_dynamic" and batched["batch_size"] == 32
 
 
+def test_predictor_scores_each_text_alone_by_default(tiny_run, reference):
+    """Predictor(run) answers as the service does (one text per batch): each row the text's logits alone."""
+    from predictor import Predictor
+
+    texts = mixed_lengths(tiny_run["texts"], 16)
+    p = Predictor(tiny_run["run"], threads=1)
+    assert p.batch_size == 1 and p.per_text
+    np.testing.assert_allclose(p.predict_logits(texts), np.stack([reference(t) for t in texts]), rtol=0, atol=1e-6)
+
+
+def test_predictor_takes_a_single_string_as_one_text(tiny_run):
+    from predictor import Predictor
+
+    p = Predictor(tiny_run["run"], threads=1)
+    text = "makanannya enak"
+    one = p.predict(text)
+    assert isinstance(one, dict) and one == p.predict([text])[0]
+    assert p.predict_logits(text).shape == (2,)
+
+
+@pytest.mark.parametrize("texts, error, match", [
+    (["bagus", ""], ValueError, "text 1 is empty or only whitespace"),
+    ([" \n "], ValueError, "text 0 is empty or only whitespace"),
+    (["bagus", "ok", "\ud800"], ValueError, "text 2 is not valid Unicode"),
+    (["bagus", 3], TypeError, "item 1 is int"),
+])
+def test_predictor_refuses_what_the_service_refuses(tiny_run, texts, error, match):
+    """Empty texts and texts the tokenizer cannot take: an error naming the index, not a label or a TypeError
+    from the tokenizer."""
+    from predictor import Predictor
+
+    p = Predictor(tiny_run["run"], threads=1)
+    with pytest.raises(error, match=re.escape(match)):
+        p.predict(texts)
+
+
 def test_predictor_refuses_a_model_not_matching_labels(tiny_run, tmp_path):
     from common import PipelineError
     from predictor import Predictor
@@ -250,6 +290,7 @@ LONG = "x" * (LIMITS["max_chars"] + 1)
     ("text too long", {"texts": ["ok", LONG]}, 422, f"more than --max-chars {LIMITS['max_chars']}"),
     ("body too large", {"texts": ["a" * 100] * 250}, 413, "over the limit of 20000 bytes"),
     ("invalid json", b'{"texts": [', 400, "not valid JSON"),
+    ("lone surrogate", b'{"texts": ["ok", "\\ud800"]}', 422, '"texts"[1] is not valid Unicode'),
     ("not utf-8", b"\xff\xfe\x00", 400, "not valid JSON"),
     ("deeply nested", b"[" * 15000, 400, "not valid JSON"),
 ])
@@ -277,6 +318,21 @@ def test_streamed_body_over_the_limit_is_refused(server):
 
     r = server["client"].post("/predict", content=chunks(), headers={"content-type": "application/json"})
     assert r.status_code == 413 and "over the limit" in r.json()["detail"]
+    assert server["client"].get("/health").status_code == 200
+
+
+def test_body_over_the_limit_gets_413_with_urllib(server):
+    """A client that sends the whole body before reading the answer (Python's urllib) gets the 413 and its message,
+    not a broken pipe: the service reads the refused body before answering. Three tries, one connection each."""
+    body = json.dumps({"texts": ["kata " * 200_000]}).encode()
+    assert len(body) == 1_000_015
+    for _ in range(3):
+        req = urllib.request.Request(f"{server['url']}/predict", data=body,
+                                     headers={"Content-Type": "application/json"})
+        with pytest.raises(urllib.error.HTTPError) as e:
+            urllib.request.urlopen(req, timeout=60)
+        assert e.value.code == 413
+        assert "over the limit of 20000 bytes" in json.loads(e.value.read())["detail"]
     assert server["client"].get("/health").status_code == 200
 
 
@@ -450,6 +506,38 @@ def test_start_up_refuses_a_model_not_matching_labels(tiny_run):
     assert "Traceback" not in proc.stderr
 
 
+def test_busy_port_is_one_line_error_before_serving(tiny_run):
+    """Another process listens on the port: one line, and no "serving ... on" printed before it."""
+    with socket.socket() as other:
+        other.bind(("127.0.0.1", 0))
+        other.listen(1)
+        port = other.getsockname()[1]
+        proc = subprocess.run([sys.executable, str(ROOT / "serve.py"), "--run-name", "tiny", "--port", str(port)],
+                              capture_output=True, text=True, env=tiny_run["env"], cwd=ROOT, timeout=300)
+    assert proc.returncode == 2 and "serving" not in proc.stdout, proc.stdout + proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"error: cannot listen on 127.0.0.1:{port}"), proc.stderr
+
+
+def test_a_failed_inference_is_logged_with_its_traceback(caplog):
+    """A 500 answer is logged (logging, with the traceback), besides its one-line detail to the client."""
+    from fastapi.testclient import TestClient
+
+    import serve
+
+    class FailingPredictor:
+        def predict(self, texts):
+            raise RuntimeError("kaboom\nsecond line")
+
+    app = serve.create_app(FailingPredictor(), serve.Settings(), {"run": "fake"})
+    with caplog.at_level(logging.ERROR), TestClient(app) as client:
+        r = client.post("/predict", json={"texts": ["bagus"]})
+    assert r.status_code == 500 and r.json()["detail"] == "inference failed: RuntimeError: kaboom second line"
+    records = [rec for rec in caplog.records if "inference failed" in rec.getMessage()]
+    assert len(records) == 1 and records[0].levelno == logging.ERROR and records[0].exc_info
+    assert "Traceback" in caplog.text and "kaboom" in caplog.text
+
+
 def test_unknown_run_is_one_line_error(tiny_run):
     proc = subprocess.run([sys.executable, str(ROOT / "serve.py"), "--run-name", "nope"], capture_output=True,
                           text=True, env=tiny_run["env"], cwd=ROOT, timeout=120)
@@ -550,6 +638,37 @@ def test_batcher_refuses_past_max_pending_and_survives_a_failing_job():
             fake.gate.set()  # the timed-out job finishes; its results go nowhere
             assert (await b.submit(["h"]))[0]["label"] == "h"
             assert fake.jobs[-1] == ["h"]
+        finally:
+            fake.gate.set()
+            await b.stop()
+
+    asyncio.run(scenario())
+
+
+def test_batcher_a_failing_request_fails_alone():
+    """Requests gathered into one job (as --batch-mode shared does) with one that makes inference fail: only that
+    request fails; the others get their answers."""
+    import serve
+
+    async def scenario():
+        fake = GatedPredictor()
+        b = serve.Batcher(fake, serve.Settings())
+        b.start()
+        try:
+            first = asyncio.create_task(b.submit(["a"]))
+            await job_started(fake)  # "a" holds the gate: the next requests wait together
+            good = asyncio.create_task(b.submit(["x", "y"]))
+            bad = asyncio.create_task(b.submit(["boom"]))
+            later = asyncio.create_task(b.submit(["z"]))
+            await until(lambda: b.pending == 4, "the three wait")
+            fake.gate.set()
+            assert [r["label"] for r in await first] == ["a"]
+            assert [r["label"] for r in await good] == ["x", "y"]
+            with pytest.raises(RuntimeError, match="boom"):
+                await bad
+            assert [r["label"] for r in await later] == ["z"]
+            assert fake.jobs == [["a"], ["x", "y", "boom", "z"], ["x", "y"], ["boom"], ["z"]]
+            assert b.pending == 0
         finally:
             fake.gate.set()
             await b.stop()

@@ -3,10 +3,15 @@ same statuses, labels and probabilities (within 1e-6) as predict.py's default en
 
 import glob
 import json
+import os
+import shutil
 
+import numpy as np
 import pandas as pd
 import pytest
 from test_predict import build_tiny_int8_run, input_table, predict
+
+from common import INT8_FILE, PipelineError, read_lineage, record_lineage
 
 N_ROWS = 2000
 
@@ -66,6 +71,9 @@ def test_score_dataframe_in_a_spark_session(tiny, reference):
         pdf.loc[11, "text"] = None
         df = spark.createDataFrame(pdf).repartition(3)
         scored = score_dataframe(df, tiny["run"], "text", prefix="pred_").toPandas()
+        import spark_scoring  # what was shipped is keyed by the application, not by id(SparkContext)
+
+        assert (spark.sparkContext.applicationId, "modules") in spark_scoring._SHIPPED
     finally:
         spark.stop()
     got = scored.set_index("id").loc[reference["df"]["id"]].reset_index()
@@ -73,3 +81,47 @@ def test_score_dataframe_in_a_spark_session(tiny, reference):
     want.loc[11, "pred_status"] = "missing_text"
     assert_same_scores(got, want)
     assert json.loads(got.loc[11].to_json())["pred_label"] is None
+
+
+def requantize(run, bias_shift: float) -> None:
+    """What a re-quantization into the same run folder does: another INT8 model file (here the classifier's bias
+    shifted), recorded in lineage.json as quantize_onnx_dynamic.py records it."""
+    import onnx
+    from onnx import numpy_helper
+
+    path = run / INT8_FILE
+    model = onnx.load(path)
+    bias = next(i for i in model.graph.initializer if i.name == "classifier.bias")
+    shifted = numpy_helper.to_array(bias) + np.array([bias_shift, 0], np.float32)
+    bias.CopyFrom(numpy_helper.from_array(shifted, bias.name))
+    onnx.save(model, run / ".requantized.onnx")
+    os.replace(run / ".requantized.onnx", path)
+    record_lineage(run, INT8_FILE, read_lineage(run)[INT8_FILE]["made_from"])
+
+
+def test_a_reused_worker_scores_with_the_runs_current_model(tiny, tmp_path):
+    """The mapInPandas function in a Python worker that Spark reuses (here this process), the run read from its
+    folder: after the run is re-quantized it scores with the new model, not the Predictor cached for the folder;
+    and it refuses, with one line, a model other than the one the driver verified."""
+    import spark_scoring
+    from predictor import Predictor
+    from scoring import model_sha256
+
+    run = tmp_path / "run"
+    shutil.copytree(tiny["run"], run)
+    texts = tiny["texts"][:6]
+
+    def score(verified_sha256):
+        batches = spark_scoring.score_batches(("path", str(run)), verified_sha256, 1, 1, "text", "", False, 2000,
+                                              [pd.DataFrame({"text": texts})])
+        return pd.concat(list(batches))["prob_negative"].tolist()
+
+    first_sha = model_sha256(run)
+    before = score(first_sha)
+    requantize(run, 3.0)
+    after = score(model_sha256(run))
+    assert after == [p["probabilities"]["negative"] for p in Predictor(run, threads=1).predict(texts)]
+    assert all(a != b for a, b in zip(after, before))
+    with pytest.raises(PipelineError, match="not the model the driver verified") as refused:
+        score(first_sha)
+    assert "\n" not in str(refused.value)

@@ -50,6 +50,27 @@ def test_non_utf8_csv_is_one_line_that_says_save_as_utf8(tmp_path):
     assert "line 50002" in msg and "0xe9" in msg  # where: the line in the file, not pandas' offset in a chunk
 
 
+@pytest.mark.parametrize("content, line", [
+    ("text,label\nbagus,positive,extra\njelek,negative\n", 2),  # pandas: 'positive' as text, 'extra' as label
+    ('text,label\n"enak\nsekali",positive\njelek,negative,x\n', 4),  # the line in the file, not the row
+    ("text,label\nbagus,positive\njelek\n", 3),
+])
+def test_ragged_csv_row_is_refused_with_its_line(tmp_path, content, line):
+    (tmp_path / "train.csv").write_text(content)
+    with pytest.raises(PipelineError, match=rf"train.csv line {line} has \d fields? but the header has 2"):
+        load_split(tmp_path, "train")
+
+
+def test_predict_and_serve_help_state_each_default_once():
+    import predict
+    import serve
+
+    for parser in (predict.build_parser(), serve.build_parser()):
+        for option, text in help_strings(parser).items():
+            assert text.lower().count("default:") <= 1 and "None" not in text, (option, text)
+    assert help_strings(predict.build_parser())["--threads"].endswith("(default: CPU count // workers)")
+
+
 def test_utf8_with_bom_still_loads(tmp_path):
     (tmp_path / "test.csv").write_bytes("text,label\nkopi di kafé ini enak,positive\n".encode("utf-8-sig"))
     split = load_split(tmp_path, "test")
