@@ -106,19 +106,6 @@ def run_name(args) -> str:
     return f"{model_tag(args.model)}-qat-int8-{Path(args.data_dir or DEFAULT_DATA_DIR).resolve().name}"
 
 
-def load_run(args, step_before: str = "train_eager_qat.py") -> tuple[Path, dict]:
-    """The run folder and its run_info.json; fills the settings the user left unset from the run's."""
-    rdir = run_dir(args)
-    if not rdir.is_dir():
-        raise PipelineError(f"no run {rdir.name!r} in {MODELS_DIR}: run `python {step_before}` first "
-                            f"(or pass the --run-name/--model/--data-dir used there)")
-    info = json.loads(require_file(rdir / RUN_INFO_FILE, "train_eager_qat.py").read_text())
-    for key in ("data_dir", "text_column", "label_column", "max_length"):
-        if getattr(args, key, None) is None:
-            setattr(args, key, info[key])
-    return rdir, info
-
-
 def run_dir(args) -> Path:
     return MODELS_DIR / run_name(args)
 
@@ -429,6 +416,15 @@ def file_hashes(rdir: Path, names) -> dict:
     return {name: sha256_file(Path(rdir) / name) for name in names}
 
 
+def check_unchanged(rdir: Path, hashes: dict) -> None:
+    """Refuse when a file hashed before a step read it was replaced while the step ran (the step would record the
+    old hash for what it read from the new file)."""
+    changed = [name for name, sha in hashes.items() if sha256_file(Path(rdir) / name) != sha]
+    if changed:
+        raise PipelineError(f"{', '.join(changed)} in {rdir} changed while this step read it (retrained or copied in "
+                            f"meanwhile): run the step again")
+
+
 def read_lineage(rdir: Path) -> dict:
     path = Path(rdir) / LINEAGE_FILE
     if not path.is_file():
@@ -493,8 +489,9 @@ def lineage_conflicts(a: dict, b: dict) -> list[str]:
 def remove_downstream(rdir: Path, results: Path) -> list[Path]:
     """Remove what an earlier training of this run was exported, quantized and evaluated into (ONNX, INT8, lineage,
     metrics and confusion matrices): a retrain replaces model_qat.pth, and nothing may then use them."""
-    stale = [Path(rdir) / n for n in (ONNX_FILE, INT8_FILE, LINEAGE_FILE)]
+    stale = [Path(rdir) / n for n in (ONNX_FILE, INT8_FILE, LINEAGE_FILE, "README.md")]  # README.md: the model card
     stale += sorted(Path(results).glob("metrics_*.json")) + sorted(Path(results).glob("confusion_matrix_*.png"))
+    stale.append(Path(results) / "training_curve.png")
     removed = [p for p in stale if p.is_file()]
     for p in removed:
         p.unlink()

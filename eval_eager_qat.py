@@ -7,10 +7,11 @@ run trained with --no-qat) and the confusion matrix PNG.
     python eval_eager_qat.py [--run-name NAME] [--batch-size 32] [--threads N] [--no-fake-quant | --fake-quant]
 """
 
-from common import (QUANT_CONFIG_FILE, STATE_DICT_FILE, base_parser, file_hashes, load_run, load_run_model, main_guard,
-                    require_file)
-from evaluation import add_per_text_option, evaluate, per_text_stage
+from common import (QUANT_CONFIG_FILE, STATE_DICT_FILE, base_parser, check_unchanged, file_hashes, load_run_model,
+                    main_guard)
+from evaluation import EvalSettings, add_per_text_option, evaluate
 from quant_sim import QuantConfig, apply_fake_quant
+from run import load_run
 
 
 def parse_args():
@@ -29,22 +30,24 @@ def main():
     import torch
 
     torch.set_num_threads(args.threads)
-    rdir, _ = load_run(args)
-    qcfg = QuantConfig.load(require_file(rdir / QUANT_CONFIG_FILE, "train_eager_qat.py"))
+    run = load_run(args)
+    qcfg = QuantConfig(**run.quant)
     fake_quant = qcfg.qat if args.fake_quant is None else args.fake_quant
-    model = load_run_model(rdir)
-    # What this stage measures: the weights and config (+ the quantization settings it simulates).
-    lineage = file_hashes(rdir, [STATE_DICT_FILE, "config.json"] + ([QUANT_CONFIG_FILE] if fake_quant else []))
+    # What this stage measures: the weights and config (+ the quantization settings it simulates), hashed before
+    # they are loaded, so a file replaced in between is not measured under the old hash.
+    lineage = file_hashes(run.dir, [STATE_DICT_FILE, "config.json"] + ([QUANT_CONFIG_FILE] if fake_quant else []))
+    model = load_run_model(run.dir)
+    check_unchanged(run.dir, lineage)
     if fake_quant:
         apply_fake_quant(model, qcfg)
     extra = {"fake_quant": fake_quant, "quant_config": qcfg.settings()}
-    stage = per_text_stage(args, "eager_qat" if fake_quant else "eager_fp32", extra)
 
     @torch.inference_mode()
     def predict(batch):
         return model(**{k: torch.from_numpy(v) for k, v in batch.items()}).logits.numpy()
 
-    evaluate(args, rdir, stage, rdir / STATE_DICT_FILE, predict, args.threads, lineage, extra=extra)
+    evaluate(run, EvalSettings.from_args(args), "eager_qat" if fake_quant else "eager_fp32", run.file(STATE_DICT_FILE),
+             predict, lineage, extra=extra)
 
 
 if __name__ == "__main__":

@@ -12,9 +12,9 @@ onnx_int8_dynamic_per_text) and its confusion matrix.
     python eval_onnx_int8_dynamic.py [--run-name NAME] [--batch-size 32] [--threads N] [--per-text]
 """
 
-from common import INT8_FILE, QUANT_CONFIG_FILE, base_parser, load_run, main_guard, require_file
-from evaluation import add_per_text_option, evaluate_onnx, per_text_stage
-from quant_sim import QuantConfig
+from common import INT8_FILE, base_parser, main_guard
+from evaluation import EvalSettings, add_per_text_option, evaluate_onnx
+from run import load_run
 
 STAGE = "onnx_int8_dynamic"
 
@@ -23,11 +23,10 @@ def main():
     p = base_parser(__doc__)
     add_per_text_option(p)
     args = p.parse_args()
-    rdir, _ = load_run(args)
-    path = require_file(rdir / INT8_FILE, "quantize_onnx_dynamic.py")
-    qcfg = QuantConfig.load(require_file(rdir / QUANT_CONFIG_FILE, "train_eager_qat.py"))
-    extra = {"quant_config": qcfg.settings()}
-    evaluate_onnx(args, rdir, per_text_stage(args, STAGE, extra), path, extra=extra)
+    run = load_run(args)
+    settings = {k: run.quant.get(k) for k in ("weight_type", "per_channel", "reduce_range", "optimize_graph",
+                                               "target_cpu", "chosen_for")}
+    evaluate_onnx(run, EvalSettings.from_args(args), STAGE, run.file(INT8_FILE), extra={"quant_config": settings})
 
 
 if __name__ == "__main__":

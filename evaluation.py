@@ -14,37 +14,50 @@ from pathlib import Path
 
 import numpy as np
 
-from common import (atomic_output, check_known_labels, cpu_info, file_size_mb, lineage_conflicts, load_run_labels,
-                    load_split, make_batches, results_dir, write_json)
+from dataclasses import dataclass
+
+from common import (atomic_output, check_known_labels, cpu_info, file_size_mb, lineage_conflicts, load_split,
+                    make_batches, write_json)
 from model_card import write_model_card
-from predictor import Predictor, ort_session  # noqa: F401  (ort_session: re-exported for benchmarks/speed.py)
+from predictor import Predictor
+from run import Run
 
 # The script that writes each stage's metrics, named when stale metrics are skipped.
 STAGE_SCRIPTS = {"eager_qat": "eval_eager_qat.py", "eager_fp32": "eval_eager_qat.py --no-fake-quant",
                  "onnx_qat": "eval_onnx_qat.py", "onnx_int8_dynamic": "eval_onnx_int8_dynamic.py"}
 
 
-def evaluate_onnx(args, rdir: Path, stage: str, path: Path, extra: dict | None = None) -> dict:
+@dataclass(frozen=True)
+class EvalSettings:
+    """How an evaluation runs, from the command line once: texts per batch, threads, texts timed one per call."""
+
+    batch_size: int
+    threads: int
+    latency_samples: int
+    per_text: bool = False
+
+    @classmethod
+    def from_args(cls, args) -> "EvalSettings":
+        per_text = bool(getattr(args, "per_text", False))  # --per-text: batches of one, never padded
+        return cls(batch_size=1 if per_text else args.batch_size, threads=args.threads,
+                   latency_samples=args.latency_samples, per_text=per_text)
+
+    def stage(self, stage: str) -> str:
+        """The stage name: per-text metrics are kept apart from the batched ones."""
+        return f"{stage}_per_text" if self.per_text else stage
+
+
+def evaluate_onnx(run: Run, settings: EvalSettings, stage: str, path: Path, extra: dict | None = None) -> dict:
     """evaluate() for an ONNX model file of the run, through the Predictor the service uses (which checks the
-    file's lineage)."""
-    predictor = Predictor(rdir, threads=args.threads, model_file=path.name, batch_size=args.batch_size)
-    return evaluate(args, rdir, stage, path, predictor.forward, args.threads, predictor.lineage, extra)
+    file's lineage and that this CPU computes it as trained)."""
+    predictor = Predictor(run.dir, threads=settings.threads, model_file=path.name, batch_size=settings.batch_size)
+    return evaluate(run, settings, stage, path, predictor.forward, predictor.lineage, extra)
 
 
 def add_per_text_option(parser) -> None:
     parser.add_argument("--per-text", action="store_true",
                         help="each text its own batch, no padding (as serve.py and predict.py score by default); "
                              "overrides --batch-size; writes the stage <stage>_per_text")
-
-
-def per_text_stage(args, stage: str, extra: dict) -> str:
-    """With --per-text: batches of one (never padded, so a text's result depends on that text only, as served)
-    and the stage name that keeps its metrics apart from the batched ones."""
-    if not args.per_text:
-        return stage
-    args.batch_size = 1
-    extra["batching"] = "each text alone (batch of 1, no padding)"
-    return f"{stage}_per_text"
 
 
 def classification_metrics(y_true: np.ndarray, y_pred: np.ndarray, labels: list[str]) -> dict:
@@ -123,9 +136,12 @@ def compare_with_other_stages(rdir_results: Path, stage: str, metrics: dict) -> 
     out, skipped = {}, {}
     for path in sorted(rdir_results.glob("metrics_*.json")):
         other = json.loads(path.read_text())
-        if other.get("stage") == stage or other.get("n_samples") != metrics["n_samples"]:
+        if other.get("stage") == stage:
             continue
         rerun = STAGE_SCRIPTS.get(other.get("stage"), "its evaluation")
+        if other.get("data_sha256") != metrics["data_sha256"]:  # predictions on other rows: nothing to compare
+            skipped[other["stage"]] = f"measured on another test.csv (or before its hash was recorded): re-run {rerun}"
+            continue
         if not isinstance(other.get("lineage"), dict):
             skipped[other["stage"]] = f"no lineage record (measured by an older version): re-run {rerun}"
             continue
@@ -144,47 +160,51 @@ def compare_with_other_stages(rdir_results: Path, stage: str, metrics: dict) -> 
     return out, skipped
 
 
-def evaluate(args, rdir: Path, stage: str, model_path: Path, predict, threads: int, lineage: dict,
+def evaluate(run: Run, settings: EvalSettings, stage: str, model_path: Path, predict, lineage: dict,
              extra: dict | None = None) -> dict:
-    """Evaluate predict (batch dict -> logits) on the test split; write metrics JSON and confusion matrix PNG.
-    lineage: {file: sha256} of the model measured and what it was made from (recorded with the metrics)."""
+    """Evaluate predict (batch dict -> logits) on the test split of run.data_dir; write metrics JSON and confusion
+    matrix PNG to run.results_dir. stage: the stage's name before settings.stage(). lineage: {file: sha256} of the
+    model measured and what it was made from (recorded with the metrics)."""
     from transformers import AutoTokenizer
 
-    labels = load_run_labels(rdir)
-    info = json.loads((rdir / "run_info.json").read_text())
-    test = load_split(args.data_dir, "test", args.text_column, args.label_column)
-    check_known_labels(test, {l: i for i, l in enumerate(labels)}, f"{args.data_dir}/test.csv")
-    tokenizer = AutoTokenizer.from_pretrained(rdir)
+    stage = settings.stage(stage)
+    labels = list(run.labels)
+    test = load_split(run.data_dir, "test", run.text_column, run.label_column)
+    check_known_labels(test, {l: i for i, l in enumerate(labels)}, f"{run.data_dir}/test.csv")
+    tokenizer = AutoTokenizer.from_pretrained(run.dir)
 
     t0 = time.perf_counter()
-    batches = make_batches(test.texts, tokenizer, info["input_names"], args.max_length, args.batch_size)
+    batches = make_batches(test.texts, tokenizer, run.input_names, run.max_length, settings.batch_size)
     tokenize_s = time.perf_counter() - t0
     predict(batches[0][1])  # warm-up: memory allocation, kernel selection
     logits, infer_s = run_batches(predict, batches, len(test.texts))
 
-    latency = batch1_latency_ms(predict, test.texts, tokenizer, info["input_names"], args.max_length,
-                                args.latency_samples)
+    latency = batch1_latency_ms(predict, test.texts, tokenizer, run.input_names, run.max_length,
+                                settings.latency_samples)
 
     y_true = np.array([labels.index(l) for l in test.labels])
     y_pred = logits.argmax(-1)
-    metrics = {"stage": stage, "run": rdir.name, "model_file": str(model_path), **classification_metrics(y_true, y_pred, labels)}
+    metrics = {"stage": stage, "run": run.name, "model_file": str(model_path), **classification_metrics(y_true, y_pred, labels)}
     metrics.update({
         "samples_per_second": len(test.texts) / infer_s,
         "samples_per_second_with_tokenization": len(test.texts) / (infer_s + tokenize_s),
-        "batch1_latency_ms": latency, "batch_size": args.batch_size, "threads": threads, "max_length": args.max_length,
-        "batching": "sorted by length, padded per batch",
+        "batch1_latency_ms": latency, "batch_size": settings.batch_size, "threads": settings.threads,
+        "max_length": run.max_length,
+        "batching": "each text alone (batch of 1, no padding)" if settings.per_text else "sorted by length, padded per batch",
         "model_size_mb": file_size_mb(model_path), "n_samples": len(test.texts), "labels": labels,
-        "data": str(Path(args.data_dir) / "test.csv"), "cpu": cpu_info(), **(extra or {}),
-        "lineage": lineage, "predictions": [labels[i] for i in y_pred], "logits": np.round(logits, 6).tolist(),
+        "data": str(Path(run.data_dir) / "test.csv"), "data_sha256": run.test_file_sha256(), "cpu": cpu_info(),
+        **(extra or {}), "lineage": lineage, "predictions": [labels[i] for i in y_pred],
+        "logits": np.round(logits, 6).tolist(),
     })
-    out_dir = results_dir(args)
+    out_dir = run.results_dir
     metrics["agreement"], metrics["agreement_skipped"] = compare_with_other_stages(out_dir, stage, metrics)
     write_json(out_dir / f"metrics_{stage}.json", metrics)
     plot_confusion_matrix(metrics["confusion_matrix"], labels,
-                          f"{rdir.name} / {stage}\naccuracy {metrics['accuracy']:.4f}, macro-F1 {metrics['f1_macro']:.4f}",
+                          f"{run.name} / {stage}\naccuracy {metrics['accuracy']:.4f}, macro-F1 {metrics['f1_macro']:.4f}",
                           out_dir / f"confusion_matrix_{stage}.png")
     print_report(metrics, out_dir, stage)
-    print(f"  wrote the model card {write_model_card(rdir, out_dir)}")
+    if run.own_data:  # the model card shows the run's own test split only
+        print(f"  wrote the model card {write_model_card(run.dir, out_dir)}")
     return metrics
 
 

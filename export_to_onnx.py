@@ -17,9 +17,9 @@ from common import (
     PipelineError,
     atomic_output,
     base_parser,
+    check_unchanged,
     file_hashes,
     file_size_mb,
-    load_run,
     load_run_model,
     load_split,
     main_guard,
@@ -27,6 +27,7 @@ from common import (
     record_lineage,
 )
 from predictor import ort_session
+from run import load_run
 
 OPSET = 17
 MAX_ABS_DIFF = 1e-4
@@ -80,12 +81,14 @@ def main():
     from transformers import AutoTokenizer
 
     torch.set_num_threads(args.threads)
-    rdir, info = load_run(args)
+    run = load_run(args)
+    rdir = run.dir
+    made_from = file_hashes(rdir, [STATE_DICT_FILE, "config.json"])  # before loading: what is read is what is recorded
     model = load_run_model(rdir)
-    made_from = file_hashes(rdir, [STATE_DICT_FILE, "config.json"])
+    check_unchanged(rdir, made_from)
     tokenizer = AutoTokenizer.from_pretrained(rdir)
-    val = load_split(args.data_dir, "val", args.text_column, args.label_column)
-    batches = check_batches([b for _, b in make_batches(val.texts, tokenizer, info["input_names"], args.max_length,
+    val = load_split(run.data_dir, "val", run.text_column, run.label_column)
+    batches = check_batches([b for _, b in make_batches(val.texts, tokenizer, run.input_names, run.max_length,
                                                          args.batch_size)])
 
     out = rdir / ONNX_FILE
@@ -100,7 +103,7 @@ def main():
                 raise PipelineError(f"exported logits differ from PyTorch by {diff:.2e} > {MAX_ABS_DIFF} on a "
                                     f"{shape} batch: export not written")
     record_lineage(rdir, ONNX_FILE, made_from)
-    print(f"wrote {out} ({file_size_mb(out):.1f} MB, opset {args.opset}, inputs {info['input_names']})")
+    print(f"wrote {out} ({file_size_mb(out):.1f} MB, opset {args.opset}, inputs {list(run.input_names)})")
     print(f"next: python quantize_onnx_dynamic.py --run-name {rdir.name}")
 
 

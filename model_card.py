@@ -245,11 +245,11 @@ def write_model_card(rdir: Path, rres: Path) -> Path:
 
 
 def main():
-    from common import base_parser, load_run, results_dir
+    from common import base_parser
+    from run import load_run
 
-    args = base_parser(__doc__).parse_args()
-    rdir, _ = load_run(args)
-    print(f"wrote {write_model_card(rdir, results_dir(args))}")
+    run = load_run(base_parser(__doc__).parse_args())
+    print(f"wrote {write_model_card(run.dir, run.results_dir)}")
 
 
 if __name__ == "__main__":

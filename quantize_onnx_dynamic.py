@@ -21,11 +21,12 @@ from collections import Counter
 import numpy as np
 
 from common import (INT8_FILE, ONNX_FILE, QUANT_CONFIG_FILE, PipelineError, atomic_output, base_parser, check_int8_cpu,
-                    file_hashes, file_size_mb, load_run, load_run_labels, load_run_model, load_split, main_guard, make_batches,
+                    check_unchanged, file_hashes, file_size_mb, load_run_model, load_split, main_guard, make_batches,
                     record_lineage, require_file, verify_lineage)
 from evaluation import run_batches
 from predictor import ort_predict_fn, ort_session
 from quant_sim import QuantConfig, apply_fake_quant
+from run import Run, load_run
 
 # The onnxruntime versions whose quantize_dynamic arithmetic quant_sim.py was verified against (its docstring;
 # requirements.txt bounds onnxruntime to them).
@@ -147,25 +148,25 @@ def logit_agreement(int8: np.ndarray, reference: np.ndarray) -> dict:
             "p99_abs_logit_diff": float(np.percentile(d, 99))}
 
 
-def fidelity(args, rdir, info: dict, int8_path, fp32_path, qcfg: QuantConfig) -> dict:
+def fidelity(args, run: Run, int8_path, fp32_path, qcfg: QuantConfig) -> dict:
     """The INT8 model against the FP32 model (model_qat.onnx, equal to PyTorch within 1e-4) and, for a QAT run,
     against the fake-quantized PyTorch model exactly as eval_eager_qat.py runs it, on the first --gate-rows rows of
     val.csv in the evaluations' batches."""
     from transformers import AutoTokenizer
 
-    texts = load_split(args.data_dir, "val", args.text_column, args.label_column).texts[:args.gate_rows]
-    tokenizer = AutoTokenizer.from_pretrained(rdir)
-    batches = make_batches(texts, tokenizer, info["input_names"], args.max_length, args.batch_size)
-    n_labels = len(load_run_labels(rdir))
+    texts = load_split(run.data_dir, "val", run.text_column, run.label_column).texts[:args.gate_rows]
+    tokenizer = AutoTokenizer.from_pretrained(run.dir)
+    batches = make_batches(texts, tokenizer, run.input_names, run.max_length, args.batch_size)
+    n_labels = len(run.labels)
 
     def ort_logits(path):
         return run_batches(ort_predict_fn(ort_session(path, args.threads), n_labels, path), batches, len(texts))[0]
 
     int8, fp32 = ort_logits(int8_path), ort_logits(fp32_path)
-    out = {"rows": len(texts), "data": f"{args.data_dir}/val.csv", "batch_size": args.batch_size, "gated": qcfg.qat,
+    out = {"rows": len(texts), "data": f"{run.data_dir}/val.csv", "batch_size": args.batch_size, "gated": qcfg.qat,
            "vs_fp32": logit_agreement(int8, fp32)}
     if qcfg.qat:
-        model = apply_fake_quant(load_run_model(rdir), qcfg)
+        model = apply_fake_quant(load_run_model(run.dir), qcfg)
         sim = run_batches(torch_predict_fn(model, args.threads), batches, len(texts))[0]
         out["vs_simulation"] = logit_agreement(int8, sim)
         out["simulated_quantization_effect"] = float(np.abs(sim - fp32).mean())  # mean |simulation - FP32|
@@ -210,7 +211,8 @@ def main():
     args = parse_args()
     if args.gate_rows < 0 or not 0 <= args.min_agreement <= 1 or not args.max_rel_logit_diff >= 0:
         raise PipelineError("--gate-rows must be >= 0, --min-agreement within 0..1, --max-rel-logit-diff >= 0")
-    rdir, info = load_run(args)
+    run = load_run(args)
+    rdir = run.dir
     fp32 = require_file(rdir / ONNX_FILE, "export_to_onnx.py")
     qcfg_path = require_file(rdir / QUANT_CONFIG_FILE, "train_eager_qat.py")
     verify_lineage(rdir, ONNX_FILE)  # the ONNX model is an export of the run's current weights
@@ -226,7 +228,7 @@ def main():
         check_matches_simulation(tmp, qcfg)
         if args.gate_rows > 0:
             check_int8_cpu(out, qcfg.settings())  # the gate would measure this CPU's other arithmetic
-            gate = fidelity(args, rdir, info, tmp, fp32, qcfg)
+            gate = fidelity(args, run, tmp, fp32, qcfg)
             print_fidelity(gate)
             if gate["gated"]:
                 check_fidelity(gate, args.min_agreement, args.max_rel_logit_diff)
@@ -234,6 +236,7 @@ def main():
         else:
             gate = {"skipped": "--gate-rows 0"}
             print("fidelity gate skipped (--gate-rows 0): nothing checked that ONNX Runtime computes what was simulated")
+        check_unchanged(rdir, made_from)
     record_lineage(rdir, INT8_FILE, made_from, fidelity=gate)
     fp32_mb, int8_mb = file_size_mb(fp32), file_size_mb(out)
     print(f"settings: weights {qcfg.weight_type}, per_channel={qcfg.per_channel}, reduce_range={qcfg.reduce_range}, "

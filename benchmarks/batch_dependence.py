@@ -25,7 +25,7 @@ sys.path.insert(0, str(ROOT))
 
 from common import (INT8_FILE, MODELS_DIR, RUN_INFO_FILE, PipelineError, load_split, main_guard,  # noqa: E402
                     write_json)
-from evaluation import cpu_info  # noqa: E402
+from common import cpu_info  # noqa: E402
 
 
 def compare(name: str, logits: np.ndarray, ref: np.ndarray, y_true: np.ndarray | None, labels) -> dict:

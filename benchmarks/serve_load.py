@@ -30,7 +30,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from common import MODELS_DIR, RUN_INFO_FILE, PipelineError, main_guard, write_json  # noqa: E402
-from evaluation import cpu_info  # noqa: E402
+from common import cpu_info  # noqa: E402
 
 FALLBACK_TEXTS = [
     "makanan nya enak sekali dan pelayanan nya ramah",

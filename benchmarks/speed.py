@@ -43,7 +43,7 @@ import numpy as np  # noqa: E402
 
 from common import make_batches, model_input_names  # noqa: E402
 from prepare_model import resolve_model  # noqa: E402
-from evaluation import cpu_info  # noqa: E402
+from common import cpu_info  # noqa: E402
 from speed_report import SMSA_BATCH, TARGET_MODEL, write_chart, write_report  # noqa: E402
 
 SMSA_TEST = ROOT.parent / "shared" / "data" / "smsa" / "test.csv"
@@ -179,7 +179,7 @@ def torch_predictor(model, threads: int):
 
 
 def ort_predictor(path, threads: int):
-    from evaluation import ort_session
+    from predictor import ort_session
 
     sess = ort_session(Path(path), threads)
     names = [i.name for i in sess.get_inputs()]
@@ -316,7 +316,7 @@ if backend == "torch_fp32":
             model(**{{k: torch.from_numpy(v) for k, v in batch.items()}})
 else:
     import onnxruntime
-    from evaluation import ort_session
+    from predictor import ort_session
     if load:
         sess = ort_session(path, threads)
         sess.run(None, batch)
