@@ -12,6 +12,7 @@ from common import (QUANT_CONFIG_FILE, STATE_DICT_FILE, base_parser, check_uncha
 from evaluation import EvalSettings, add_per_text_option, evaluate
 from quant_sim import QuantConfig, apply_fake_quant
 from run import load_run
+from runtime import torch_predict_fn
 
 
 def parse_args():
@@ -27,9 +28,6 @@ def parse_args():
 
 def main():
     args = parse_args()
-    import torch
-
-    torch.set_num_threads(args.threads)
     run = load_run(args)
     qcfg = QuantConfig(**run.quant)
     fake_quant = qcfg.qat if args.fake_quant is None else args.fake_quant
@@ -41,13 +39,8 @@ def main():
     if fake_quant:
         apply_fake_quant(model, qcfg)
     extra = {"fake_quant": fake_quant, "quant_config": qcfg.settings()}
-
-    @torch.inference_mode()
-    def predict(batch):
-        return model(**{k: torch.from_numpy(v) for k, v in batch.items()}).logits.numpy()
-
     evaluate(run, EvalSettings.from_args(args), "eager_qat" if fake_quant else "eager_fp32", run.file(STATE_DICT_FILE),
-             predict, lineage, extra=extra)
+             torch_predict_fn(model, args.threads), lineage, extra=extra)
 
 
 if __name__ == "__main__":

@@ -20,6 +20,7 @@ from common import (atomic_output, check_known_labels, cpu_info, file_size_mb, l
                     make_batches, write_json)
 from model_card import write_model_card
 from predictor import Predictor
+from runtime import run_batches
 from run import Run
 
 # The script that writes each stage's metrics, named when stale metrics are skipped.
@@ -96,19 +97,6 @@ def plot_confusion_matrix(cm, labels, title, path: Path) -> None:
     with atomic_output(path) as tmp:
         fig.savefig(tmp, format="png", dpi=120)
     plt.close(fig)
-
-
-def run_batches(predict, batches, n: int) -> tuple[np.ndarray, float]:
-    """Logits in the original row order, and the seconds the forward passes took."""
-    logits, elapsed = None, 0.0
-    for idx, batch in batches:
-        t0 = time.perf_counter()
-        out = np.asarray(predict(batch), dtype=np.float32)
-        elapsed += time.perf_counter() - t0
-        if logits is None:
-            logits = np.zeros((n, out.shape[-1]), dtype=np.float32)
-        logits[idx] = out
-    return logits, elapsed
 
 
 def batch1_latency_ms(predict, texts, tokenizer, input_names, max_length: int, n: int) -> dict:

@@ -26,7 +26,7 @@ from common import (
     make_batches,
     record_lineage,
 )
-from predictor import ort_session
+from runtime import ort_session
 from run import load_run
 
 OPSET = 17

@@ -33,39 +33,7 @@ import numpy as np
 
 from common import (INT8_FILE, PRODUCERS, QUANT_CONFIG_FILE, RUN_INFO_FILE, PipelineError, check_int8_cpu,
                     load_run_labels, make_batches, require_file, verify_lineage)
-
-
-def ort_session(path: Path, threads: int):
-    """An ONNX Runtime CPU session; a file it cannot load is a one-line error."""
-    import onnxruntime as ort
-
-    opts = ort.SessionOptions()
-    opts.intra_op_num_threads = threads
-    opts.inter_op_num_threads = 1
-    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    try:
-        return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
-    except Exception as e:
-        raise PipelineError(f"{path} could not be loaded by ONNX Runtime ({str(e).splitlines()[0][:160]}): "
-                            f"re-create it with export_to_onnx.py / quantize_onnx_dynamic.py")
-
-
-def ort_predict_fn(session, n_labels: int, path: Path):
-    """A function batch -> logits for an ONNX Runtime session, after checking it outputs one logit per label."""
-    out = session.get_outputs()[0]
-    if isinstance(out.shape[-1], int) and out.shape[-1] != n_labels:
-        raise PipelineError(f"{path} outputs {out.shape[-1]} logits but the run has {n_labels} labels: "
-                            f"re-export this run")
-    names = [i.name for i in session.get_inputs()]
-    return lambda batch: session.run([out.name], {k: batch[k] for k in names})[0]
-
-
-def softmax(logits: np.ndarray) -> np.ndarray:
-    """Row-wise softmax in float64."""
-    z = np.asarray(logits, dtype=np.float64)
-    z = z - z.max(axis=-1, keepdims=True)
-    e = np.exp(z)
-    return e / e.sum(axis=-1, keepdims=True)
+from runtime import ort_predict_fn, ort_session, softmax  # noqa: F401  (softmax: for the Predictor's callers)
 
 
 class Predictor:

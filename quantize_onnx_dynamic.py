@@ -23,10 +23,9 @@ import numpy as np
 from common import (INT8_FILE, ONNX_FILE, QUANT_CONFIG_FILE, PipelineError, atomic_output, base_parser, check_int8_cpu,
                     check_unchanged, file_hashes, file_size_mb, load_run_model, load_split, main_guard, make_batches,
                     record_lineage, require_file, verify_lineage)
-from evaluation import run_batches
-from predictor import ort_predict_fn, ort_session
 from quant_sim import QuantConfig, apply_fake_quant
 from run import Run, load_run
+from runtime import ort_predict_fn, ort_session, run_batches, torch_predict_fn
 
 # The onnxruntime versions whose quantize_dynamic arithmetic quant_sim.py was verified against (its docstring;
 # requirements.txt bounds onnxruntime to them).
@@ -127,18 +126,6 @@ def check_matches_simulation(int8_path, qcfg: QuantConfig) -> None:
         want = ", ".join(f"{v} {k}" for k, v in expected.items())
         raise PipelineError(f"quantize_dynamic quantized {found}, but training simulated {want}: the exported graph "
                             f"is not what training simulated; re-export with export_to_onnx.py and report this")
-
-
-def torch_predict_fn(model, threads: int):
-    import torch
-
-    torch.set_num_threads(threads)
-
-    @torch.inference_mode()
-    def predict(batch):
-        return model(**{k: torch.from_numpy(v) for k, v in batch.items()}).logits.numpy()
-
-    return predict
 
 
 def logit_agreement(int8: np.ndarray, reference: np.ndarray) -> dict:

@@ -29,7 +29,7 @@ from common import cpu_info  # noqa: E402
 
 
 def compare(name: str, logits: np.ndarray, ref: np.ndarray, y_true: np.ndarray | None, labels) -> dict:
-    from predictor import softmax
+    from runtime import softmax
 
     pred, ref_pred = logits.argmax(-1), ref.argmax(-1)
     flips = np.flatnonzero(pred != ref_pred)
@@ -87,7 +87,7 @@ def main():
         rows.append(compare(f"random batches of {args.batch_size} (seed {seed})", logits, ref, y_true, labels))
         batched_preds.append(logits.argmax(-1))
     ever_changed = (np.stack(batched_preds) != ref.argmax(-1)).any(0)
-    from predictor import softmax
+    from runtime import softmax
 
     top2 = np.sort(softmax(ref), axis=-1)[:, -2:]
     margin = top2[:, 1] - top2[:, 0]  # top-1 minus top-2 probability, alone

@@ -179,7 +179,7 @@ def torch_predictor(model, threads: int):
 
 
 def ort_predictor(path, threads: int):
-    from predictor import ort_session
+    from runtime import ort_session
 
     sess = ort_session(Path(path), threads)
     names = [i.name for i in sess.get_inputs()]
@@ -316,7 +316,7 @@ if backend == "torch_fp32":
             model(**{{k: torch.from_numpy(v) for k, v in batch.items()}})
 else:
     import onnxruntime
-    from predictor import ort_session
+    from runtime import ort_session
     if load:
         sess = ort_session(path, threads)
         sess.run(None, batch)
