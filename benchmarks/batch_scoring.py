@@ -163,18 +163,26 @@ def plain_loop(run_name: str, src: str, out: str) -> None:
 
 
 def kill_and_resume(run_name, src, work: Path, env, chunk_rows: int, n_rows: int) -> dict:
-    """Kill predict.py (SIGKILL) after half its chunks, resume, and compare with an uninterrupted run."""
+    """Kill predict.py with a real SIGKILL once its progress file records half its chunks, resume, and compare with an
+    uninterrupted run."""
     whole, out = work / "resume-whole.csv", work / "resume-out.csv"
     chunk_rows = max(1, min(chunk_rows, n_rows // 4))  # at least 4 chunks
     args = ["--chunk-rows", chunk_rows]
     subprocess.run(predict_cmd(run_name, src, whole, *args), env=env, cwd=ROOT, check=True, capture_output=True)
     k = n_rows // chunk_rows // 2
-    killed = subprocess.run(predict_cmd(run_name, src, out, *args), cwd=ROOT, capture_output=True,
-                            env={**env, "QAT_PREDICT_KILL_AFTER_CHUNKS": str(k)})
+    progress = Path(f"{out}.progress.json")
+    proc = subprocess.Popen(predict_cmd(run_name, src, out, *args), cwd=ROOT, env=env, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    while proc.poll() is None and not (progress.is_file() and json.loads(progress.read_text())["chunks_done"] >= k):
+        time.sleep(0.002)
+    recorded = json.loads(progress.read_text())["chunks_done"] if progress.is_file() else 0
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
     existed = out.exists()
     subprocess.run(predict_cmd(run_name, src, out, *args, "--resume"), env=env, cwd=ROOT, check=True,
                    capture_output=True)
-    return {"chunk_rows": chunk_rows, "killed_after_chunks": k, "killed_by_sigkill": killed.returncode == -signal.SIGKILL,
+    return {"chunk_rows": chunk_rows, "killed_after_chunks": recorded,
+            "killed_by_sigkill": proc.returncode == -signal.SIGKILL,
             "output_existed_before_completion": existed, "identical": out.read_bytes() == whole.read_bytes()}
 
 
@@ -214,8 +222,8 @@ def write_report(out_dir: Path, meta: dict, results: list[dict], memory: list[di
     lines += ["", "## Peak memory against file size", "", "| configuration | rows | peak RSS MB |", "|---|---:|---:|"]
     lines += [f"| {m['name']} | {m['rows']:,} | {m['peak_rss_mb']:.0f} |" for m in memory]
     lines += ["", "## Kill and resume", "",
-              f"predict.py on {meta['small_rows']:,} rows killed with SIGKILL after {resume['killed_after_chunks']} "
-              f"chunks of {resume['chunk_rows']} rows (the next chunk's output already written, not recorded): killed by SIGKILL "
+              f"predict.py on {meta['small_rows']:,} rows killed with SIGKILL from outside once its progress file recorded "
+              f"{resume['killed_after_chunks']} chunks of {resume['chunk_rows']} rows: killed by SIGKILL "
               f"{resume['killed_by_sigkill']}; a file under the final name before completion: "
               f"{resume['output_existed_before_completion']}; after `--resume`, byte-identical to an uninterrupted "
               f"run: {resume['identical']}.", "", "## Targets (ratios measured in this run)", "",

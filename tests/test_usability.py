@@ -136,8 +136,8 @@ def test_latency_times_n_texts_after_a_separate_warm_up(tiny_bert, n, expected):
 
 
 def training_args_as_the_script_builds_them(monkeypatch, tmp_path, *argv):
-    monkeypatch.setattr(sys, "argv", ["train_eager_qat.py", *argv])
-    return train_eager_qat.training_arguments(train_eager_qat.parse_args(), tmp_path / "ckpt")
+    args = train_eager_qat.parse_args(list(argv))
+    return train_eager_qat.training_arguments(args, train_eager_qat.phases_of(args)[0], tmp_path / "ckpt")
 
 
 def test_scheduler_warms_up_over_the_given_ratio(monkeypatch, tmp_path):
