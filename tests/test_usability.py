@@ -2,7 +2,6 @@
 count; and the training schedule's warm-up."""
 
 import argparse
-import sys
 import types
 
 import numpy as np
