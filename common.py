@@ -362,17 +362,23 @@ def atomic_output(final_path: Path):
 
 @contextlib.contextmanager
 def atomic_files(final_dir: Path):
-    """Yield a temporary folder; on success move every file in it into final_dir (replacing), else drop it."""
+    """Yield a temporary folder beside final_dir; on success it replaces final_dir whole by two renames (the old
+    folder first moves to a hidden name, then is deleted), else it is dropped. A crash leaves the old folder or the
+    new one, never new files beside old ones (a new model_qat.pth with an old config.json)."""
     final_dir = Path(final_dir)
-    final_dir.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=".partial-", dir=final_dir))
+    final_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{final_dir.name}.partial-", dir=final_dir.parent))
     try:
         yield tmp
-        for f in sorted(tmp.rglob("*")):
-            if f.is_file():
-                dest = final_dir / f.relative_to(tmp)
-                dest.parent.mkdir(parents=True, exist_ok=True)
-                os.replace(f, dest)
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o777 & ~umask)  # mkdtemp makes 0700; a run folder is shared (a service may read it)
+        old = final_dir.with_name(f".{final_dir.name}.replaced-{os.getpid()}") if final_dir.exists() else None
+        if old:
+            os.rename(final_dir, old)
+        os.rename(tmp, final_dir)
+        if old:
+            shutil.rmtree(old, ignore_errors=True)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 

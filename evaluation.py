@@ -51,7 +51,7 @@ class EvalSettings:
 def evaluate_onnx(run: Run, settings: EvalSettings, stage: str, path: Path, extra: dict | None = None) -> dict:
     """evaluate() for an ONNX model file of the run, through the Predictor the service uses (which checks the
     file's lineage and that this CPU computes it as trained)."""
-    predictor = Predictor(run.dir, threads=settings.threads, model_file=path.name, batch_size=settings.batch_size)
+    predictor = Predictor(run, threads=settings.threads, model_file=path.name, batch_size=settings.batch_size)
     return evaluate(run, settings, stage, path, predictor.forward, predictor.lineage, extra)
 
 

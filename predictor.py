@@ -24,15 +24,14 @@ config.json (common.verify_lineage): a model left over from an earlier training 
 
 from __future__ import annotations
 
-import json
 import os
 import threading
 from pathlib import Path
 
 import numpy as np
 
-from common import (INT8_FILE, PRODUCERS, QUANT_CONFIG_FILE, RUN_INFO_FILE, PipelineError, check_int8_cpu,
-                    load_run_labels, make_batches, require_file, verify_lineage)
+from common import INT8_FILE, PipelineError, check_int8_cpu, check_unchanged, make_batches, verify_lineage
+from run import Run
 from runtime import ort_predict_fn, ort_session, softmax  # noqa: F401  (softmax: for the Predictor's callers)
 
 
@@ -43,34 +42,33 @@ class Predictor:
     single string and returns its one result (a dict). batch_size=1 (default): each text scored alone, as the
     service; per_text=True forces it whatever batch_size says. Refused texts: see the module docstring."""
 
-    def __init__(self, run_dir, threads: int | None = None, model_file: str = INT8_FILE, batch_size: int = 1,
+    def __init__(self, run, threads: int | None = None, model_file: str = INT8_FILE, batch_size: int = 1,
                  per_text: bool = False):
+        """run: a run folder, or a run.Run (whose max_length, e.g. a caller's override, is then used)."""
         from transformers import AutoTokenizer
 
-        self.run_dir = Path(run_dir)
-        if not self.run_dir.is_dir():
-            raise PipelineError(f"run folder {self.run_dir} not found: run the pipeline (train_eager_qat.py ...) first")
+        self.run = run if isinstance(run, Run) else Run.load(run)
+        self.run_dir = self.run.dir
         if batch_size < 1:
             raise PipelineError(f"batch_size must be at least 1, got {batch_size}")
-        self.labels = load_run_labels(self.run_dir)
+        self.labels = list(self.run.labels)
         if not self.labels:
             raise PipelineError(f"{self.run_dir / 'config.json'} has no id2label: re-run train_eager_qat.py")
-        info = json.loads(require_file(self.run_dir / RUN_INFO_FILE, "train_eager_qat.py").read_text())
-        if info.get("labels") and list(info["labels"]) != self.labels:
-            raise PipelineError(f"{self.run_dir}: config.json labels {self.labels} differ from run_info.json labels "
-                                f"{info['labels']}: re-run train_eager_qat.py for this run")
-        self.input_names = list(info["input_names"])
-        self.max_length = int(info["max_length"])
+        self.input_names = list(self.run.input_names)
+        self.max_length = self.run.max_length
         self.batch_size = 1 if per_text else int(batch_size)
         self.threads = int(threads or os.cpu_count() or 1)
-        self.model_path = require_file(self.run_dir / model_file, PRODUCERS.get(model_file, "export_to_onnx.py"))
+        self.model_path = self.run.file(model_file)
         if model_file == INT8_FILE:  # never run it where ONNX Runtime computes it otherwise than it was trained
-            quant = json.loads(require_file(self.run_dir / QUANT_CONFIG_FILE, "train_eager_qat.py").read_text())
-            check_int8_cpu(self.model_path, quant)
+            check_int8_cpu(self.model_path, self.run.quant)
+        # The model must be made from this run's current weights and config (not left over from an earlier
+        # training); lineage[model_file] is its sha256, taken before the session reads the file and checked after.
+        self.lineage = verify_lineage(self.run_dir, model_file)
         self.tokenizer = AutoTokenizer.from_pretrained(self.run_dir)
         # A fast tokenizer's truncation settings are mutable state: concurrent calls can fail ("Already borrowed").
         self._tokenizer_lock = threading.Lock()
         self.session = ort_session(self.model_path, self.threads)
+        check_unchanged(self.run_dir, {model_file: self.lineage[model_file]})
         self.forward = ort_predict_fn(self.session, len(self.labels), self.model_path)
         # self.forward: one tokenized batch {input name: int64 array} -> logits (what the eval scripts time)
         # The output width may be symbolic in the graph: check it on a real forward pass too.
@@ -78,9 +76,6 @@ class Predictor:
         if width != len(self.labels):
             raise PipelineError(f"{self.model_path} outputs {width} logits but the run has {len(self.labels)} labels "
                                 f"({', '.join(self.labels)}): re-export this run")
-        # The model must be made from this run's current weights and config (not left over from an earlier
-        # training); lineage[model_file] is its sha256.
-        self.lineage = verify_lineage(self.run_dir, model_file)
 
     @property
     def per_text(self) -> bool:

@@ -377,15 +377,25 @@ def write_model_folder(e5: E5File, out: Path) -> None:
     tokenizer_files(e5, out)
 
 
+MODEL_FILES = ("config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json")
+
+
+def file_hashes_of(folder: Path) -> dict:
+    """sha256 of the model's files, recorded in PROVENANCE.json when written and checked whenever it is reused."""
+    return {f: sha256_file(folder / f) for f in MODEL_FILES}
+
+
 def check_marker(folder: Path) -> bool:
-    """True when folder is a complete conversion by this converter of the expected source file."""
+    """True when folder is a complete conversion by this converter of the expected source file, every file as the
+    conversion wrote it (a truncated or replaced model.safetensors is not reused)."""
     try:
         prov = json.loads((folder / MARKER_FILE).read_text())
     except (OSError, ValueError):
         return False
-    needed = ("config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json")
-    return (prov.get("converter_version") == CONVERTER_VERSION and prov.get("source_sha256") == SOURCE_SHA256
-            and all((folder / f).is_file() for f in needed))
+    if not (prov.get("converter_version") == CONVERTER_VERSION and prov.get("source_sha256") == SOURCE_SHA256
+            and all((folder / f).is_file() for f in MODEL_FILES) and isinstance(prov.get("file_sha256"), dict)):
+        return False
+    return file_hashes_of(folder) == prov["file_sha256"]
 
 
 def share_with_others(folder: Path) -> None:
@@ -403,8 +413,7 @@ def prepare(cache_dir=None, source: Path | None = None, reference: Path = REFERE
     if final.exists():
         if check_marker(final):
             return final
-        raise PipelineError(f"{final} is incomplete or from another converter version: delete it and rerun "
-                            f"(python prepare_model.py)")
+        print(f"{final} is incomplete, modified or from another converter version: converting it again")
     source = Path(source) if source else source_path()
     check_source(source)
     ref = load_reference(reference)
@@ -415,9 +424,14 @@ def prepare(cache_dir=None, source: Path | None = None, reference: Path = REFERE
         write_model_folder(read_e5_file(source), tmp)
         check = self_check(tmp, ref)
         prov = provenance(source, time.perf_counter() - started, check)
+        prov["file_sha256"] = file_hashes_of(tmp)
         (tmp / "README.md").write_text(readme(prov))
         (tmp / MARKER_FILE).write_text(json.dumps(prov, indent=2))
         share_with_others(tmp)
+        if final.exists() and not check_marker(final):  # the failed folder goes whole, then the new one comes in
+            stale = final.with_name(f".{final.name}.stale-{os.getpid()}")
+            os.rename(final, stale)
+            shutil.rmtree(stale, ignore_errors=True)
         try:
             os.rename(tmp, final)
         except OSError:
@@ -483,6 +497,8 @@ def trim_vocabulary(model_dir, texts: list[str], out_dir) -> dict:
         (tmp / MARKER_FILE).write_text(json.dumps(prov, indent=2))
         for name in ("tokenizer_config.json", "special_tokens_map.json"):
             shutil.copyfile(model_dir / name, tmp / name)
+        prov["file_sha256"] = file_hashes_of(tmp)  # the trimmed files'
+        (tmp / MARKER_FILE).write_text(json.dumps(prov, indent=2))
         note = (f"\nVocabulary trimmed to {len(keep)} of {len(vocab)} pieces (special tokens, the pieces of "
                 f"{len(texts)} texts, every single-character piece) by prepare_model.trim_vocabulary.\n")
         readme_file = model_dir / "README.md"

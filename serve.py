@@ -49,8 +49,7 @@ from contextlib import asynccontextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from common import (INT8_FILE, MODELS_DIR, QUANT_CONFIG_FILE, RESULTS_DIR, RUN_INFO_FILE, PipelineError, main_guard,
-                    sha256_file)
+from common import INT8_FILE, MODELS_DIR, RESULTS_DIR, PipelineError, main_guard
 from scoring import MAX_CHARS, is_unicode
 
 METRIC_KEYS = ("accuracy", "f1_macro", "precision_macro", "recall_macro", "n_samples", "batch_size", "data")
@@ -94,18 +93,29 @@ class BadRequest(Exception):
 
 
 
-def served_metrics(results_dir: Path | None, run: str, settings: Settings) -> dict:
-    """The test metrics measured the way the service batches (per text, or in batches), or why there are none."""
+def served_metrics(results_dir: Path | None, predictor, settings: Settings) -> dict:
+    """The test metrics measured the way the service batches (per text, or in batches) on the model it serves, or
+    why there are none: metrics of another model file (re-exported or re-quantized since) or another max_length are
+    not shown."""
+    run = predictor.run_dir.name
     name = METRICS_FILES[settings.batch_mode]
     out = {"test_metrics": None, "test_metrics_file": name,
            "test_metrics_mode": "each text alone (batch of 1, no padding)" if settings.batch_mode == "per-text"
            else "batches sorted by length, padded per batch"}
     path = results_dir / name if results_dir else None
+    rerun = f"run `python eval_onnx_int8_dynamic.py --run-name {run}{EVAL_FLAGS[settings.batch_mode]}`"
     if path is None or not path.is_file():
-        out["test_metrics_note"] = (f"no {name} for --batch-mode {settings.batch_mode}: run `python "
-                                    f"eval_onnx_int8_dynamic.py --run-name {run}{EVAL_FLAGS[settings.batch_mode]}`")
+        out["test_metrics_note"] = f"no {name} for --batch-mode {settings.batch_mode}: {rerun}"
         return out
     m = json.loads(path.read_text())
+    model_file = predictor.model_path.name
+    if (m.get("lineage") or {}).get(model_file) != predictor.lineage[model_file]:
+        out["test_metrics_note"] = f"{name} was measured on another {model_file} than the one served: {rerun}"
+        return out
+    if m.get("max_length") != predictor.max_length:
+        out["test_metrics_note"] = (f"{name} was measured with max_length {m.get('max_length')}, the service "
+                                    f"truncates at {predictor.max_length}: {rerun}")
+        return out
     out["test_metrics"] = {k: m[k] for k in METRIC_KEYS if k in m}
     if settings.batch_mode == "shared" and m.get("batch_size") != settings.batch_size:
         out["test_metrics_note"] = (f"measured with batches of {m.get('batch_size')}; the service batches up to "
@@ -114,24 +124,21 @@ def served_metrics(results_dir: Path | None, run: str, settings: Settings) -> di
 
 
 def run_metadata(predictor, results_dir: Path | None, settings: Settings) -> dict:
-    rdir = predictor.run_dir
-    quant = {}
-    if (rdir / QUANT_CONFIG_FILE).is_file():
-        quant = json.loads((rdir / QUANT_CONFIG_FILE).read_text())
-        if isinstance(quant.get("quantized_linears"), list):
-            quant["quantized_linears"] = len(quant["quantized_linears"])  # a count, not the names
-    info = json.loads((rdir / RUN_INFO_FILE).read_text())
+    run = predictor.run
+    quant = dict(run.quant)
+    if isinstance(quant.get("quantized_linears"), list):
+        quant["quantized_linears"] = len(quant["quantized_linears"])  # a count, not the names
     return {
-        "run": rdir.name,
+        "run": run.name,
         "labels": predictor.labels,
         "model_file": predictor.model_path.name,
-        "model_sha256": sha256_file(predictor.model_path),
+        "model_sha256": predictor.lineage[predictor.model_path.name],
         "model_size_bytes": predictor.model_path.stat().st_size,
         "max_length_tokens": predictor.max_length,
         "input_names": predictor.input_names,
         "quantization": quant,
-        "training": {k: info[k] for k in ("model", "epochs", "n_train", "qat") if k in info},
-        **served_metrics(results_dir, rdir.name, settings),
+        "training": {k: run.info[k] for k in ("model", "recipe", "epochs", "n_train", "qat", "target_cpu") if k in run.info},
+        **served_metrics(results_dir, predictor, settings),
     }
 
 

@@ -139,6 +139,28 @@ def test_remove_downstream(tmp_path):
     assert [p.name for p in results.iterdir()] == ["notes.txt"]
 
 
+def test_atomic_files_replace_the_folder_whole(tmp_path):
+    """A retrain's files replace the run folder whole: no file of the earlier training stays beside them; a failure
+    inside the block leaves the earlier folder untouched and no temporary folder."""
+    from common import atomic_files
+
+    run = tmp_path / "run"
+    run.mkdir()
+    for name in ("model_qat.pth", "config.json", "old-only.txt"):
+        (run / name).write_text(f"old {name}")
+    with pytest.raises(RuntimeError):
+        with atomic_files(run) as tmp:
+            (tmp / "model_qat.pth").write_text("new weights")
+            raise RuntimeError("training crashed")
+    assert {p.name: p.read_text() for p in run.iterdir()} == {n: f"old {n}" for n in ("model_qat.pth", "config.json",
+                                                                                         "old-only.txt")}
+    with atomic_files(run) as tmp:
+        (tmp / "model_qat.pth").write_text("new weights")
+        (tmp / "config.json").write_text("new config")
+    assert {p.name: p.read_text() for p in run.iterdir()} == {"model_qat.pth": "new weights", "config.json": "new config"}
+    assert [p.name for p in tmp_path.iterdir()] == ["run"]
+
+
 # ------------------------------------------------------------------ agreement only with metrics of the same lineage
 
 

@@ -61,7 +61,8 @@ def test_pipeline_writes_every_file(trained_run):
             assert key in m, (stage, key)
         assert len(m["predictions"]) == m["n_samples"] == sum(map(sum, m["confusion_matrix"]))
         assert m["labels"] == ["negative", "positive"]
-    assert not list(run.glob("*.partial")) and not list(run.glob(".partial-*"))
+    assert not list(run.glob("*.partial")) and not list(run.parent.glob(".*.partial-*"))
+    assert not list(run.parent.glob(".*.replaced-*"))
     config = json.loads((run / "config.json").read_text())
     assert config["id2label"] == {"0": "negative", "1": "positive"}
 

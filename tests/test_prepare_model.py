@@ -181,12 +181,28 @@ def test_failed_conversion_leaves_no_folder(tmp_path, monkeypatch):
     assert list(cache.iterdir()) == []
 
 
-def test_incomplete_folder_is_not_reused(tmp_path):
+def test_modified_or_incomplete_folder_is_converted_again(converted, tmp_path, monkeypatch):
+    """A cached folder is reused only when every model file hashes as PROVENANCE.json recorded: one changed byte of
+    model.safetensors (same size) or a missing file makes the next use convert again and replace the folder whole."""
     folder = prepare_model.default_model_dir(tmp_path)
-    folder.mkdir()
-    (folder / "config.json").write_text("{}")
-    with pytest.raises(PipelineError, match="delete it"):
-        prepare_model.prepare(tmp_path)
+    shutil.copytree(converted, folder)
+    assert prepare_model.check_marker(folder)
+    with open(folder / "model.safetensors", "r+b") as f:
+        f.seek(1_000_000)
+        byte = f.read(1)
+        f.seek(1_000_000)
+        f.write(bytes([byte[0] ^ 0x01]))
+    assert not prepare_model.check_marker(folder)
+    prov = json.loads((converted / "PROVENANCE.json").read_text())
+    monkeypatch.setattr(prepare_model, "check_source", lambda source: None)  # the conversion itself, made cheap
+    monkeypatch.setattr(prepare_model, "read_e5_file", lambda path: None)
+    monkeypatch.setattr(prepare_model, "write_model_folder",
+                        lambda e5, out: [shutil.copyfile(converted / f, out / f) for f in prepare_model.MODEL_FILES])
+    monkeypatch.setattr(prepare_model, "self_check", lambda out, ref: prov["self_check"])
+    assert prepare_model.prepare(tmp_path) == folder and prepare_model.check_marker(folder)
+    assert (folder / "model.safetensors").read_bytes() == (converted / "model.safetensors").read_bytes()
+    (folder / "tokenizer.json").unlink()
+    assert not prepare_model.check_marker(folder)
 
 
 def test_trim_vocabulary_keeps_segmentation_and_vectors(converted, encoder, reference, tmp_path):

@@ -250,16 +250,33 @@ def test_health_and_metadata(server, tiny_run):
 def test_metadata_says_when_the_served_mode_was_not_evaluated(tiny_run, tmp_path):
     """No metrics file for the batch mode served: no metrics of the other mode, and the command that makes them."""
     import serve
+    from predictor import Predictor
 
+    predictor = Predictor(tiny_run["run"], threads=1)
     for mode, flag in (("per-text", " --per-text"), ("shared", "")):
-        out = serve.served_metrics(tmp_path, "tiny", serve.Settings(batch_mode=mode))
+        out = serve.served_metrics(tmp_path, predictor, serve.Settings(batch_mode=mode))
         assert out["test_metrics"] is None
         assert f"`python eval_onnx_int8_dynamic.py --run-name tiny{flag}`" in out["test_metrics_note"]
     (tmp_path / "metrics_onnx_int8_dynamic.json").write_text(
         (tiny_run["results"] / "metrics_onnx_int8_dynamic.json").read_text())
-    assert serve.served_metrics(tmp_path, "tiny", serve.Settings(batch_mode="per-text"))["test_metrics"] is None
-    shared = serve.served_metrics(tmp_path, "tiny", serve.Settings(batch_mode="shared", batch_size=32))
+    assert serve.served_metrics(tmp_path, predictor, serve.Settings(batch_mode="per-text"))["test_metrics"] is None
+    shared = serve.served_metrics(tmp_path, predictor, serve.Settings(batch_mode="shared", batch_size=32))
     assert shared["test_metrics"]["batch_size"] == 32 and "test_metrics_note" not in shared
+
+
+@pytest.mark.parametrize("change, fragment", [
+    ({"lineage": {"model_qat_int8_dynamic.onnx": "0" * 64}}, "measured on another model_qat_int8_dynamic.onnx"),
+    ({"max_length": 7}, "measured with max_length 7")])
+def test_metadata_hides_metrics_of_another_model(tiny_run, tmp_path, change, fragment):
+    """Metrics measured on another INT8 file (re-quantized since) or with another max_length are not served as the
+    served model's."""
+    import serve
+    from predictor import Predictor
+
+    m = json.loads((tiny_run["results"] / "metrics_onnx_int8_dynamic_per_text.json").read_text())
+    (tmp_path / "metrics_onnx_int8_dynamic_per_text.json").write_text(json.dumps({**m, **change}))
+    out = serve.served_metrics(tmp_path, Predictor(tiny_run["run"], threads=1), serve.Settings(batch_mode="per-text"))
+    assert out["test_metrics"] is None and fragment in out["test_metrics_note"]
 
 
 def test_predictions_equal_an_independent_computation(server, tiny_run, reference, labels):
