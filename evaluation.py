@@ -127,9 +127,6 @@ def compare_with_other_stages(rdir_results: Path, stage: str, metrics: dict) -> 
         if other.get("stage") == stage:
             continue
         rerun = STAGE_SCRIPTS.get(other.get("stage"), "its evaluation")
-        if other.get("data_sha256") != metrics["data_sha256"]:  # predictions on other rows: nothing to compare
-            skipped[other["stage"]] = f"measured on another test.csv (or before its hash was recorded): re-run {rerun}"
-            continue
         if not isinstance(other.get("lineage"), dict):
             skipped[other["stage"]] = f"no lineage record (measured by an older version): re-run {rerun}"
             continue
@@ -137,6 +134,9 @@ def compare_with_other_stages(rdir_results: Path, stage: str, metrics: dict) -> 
         if conflicts:
             skipped[other["stage"]] = (f"stale: measured on a model made from another {', '.join(conflicts)}: "
                                        f"re-run {rerun}")
+            continue
+        if other.get("data_sha256") != metrics["data_sha256"]:  # predictions on other rows: nothing to compare
+            skipped[other["stage"]] = f"measured on another test.csv (or before its hash was recorded): re-run {rerun}"
             continue
         a, b = np.array(metrics["predictions"]), np.array(other["predictions"])
         entry = {"agreement": float((a == b).mean()), "n_disagree": int((a != b).sum()),

@@ -164,9 +164,9 @@ def test_atomic_files_replace_the_folder_whole(tmp_path):
 # ------------------------------------------------------------------ agreement only with metrics of the same lineage
 
 
-def write_metrics(folder, stage, lineage, predictions):
+def write_metrics(folder, stage, lineage, predictions, data_sha256="d"):
     m = {"stage": stage, "n_samples": len(predictions), "batch_size": 32, "predictions": predictions,
-         "logits": [[0.0, 1.0]] * len(predictions)}
+         "logits": [[0.0, 1.0]] * len(predictions), "data_sha256": data_sha256}
     if lineage is not None:
         m["lineage"] = lineage
     (folder / f"metrics_{stage}.json").write_text(json.dumps(m))
@@ -180,10 +180,13 @@ def test_agreement_skips_stale_metrics(tmp_path):
                   ["a", "b"])  # measured before a retrain
     write_metrics(tmp_path, "onnx_qat", {ONNX_FILE: "o1", STATE_DICT_FILE: "w2", "config.json": "c"}, ["a", "a"])
     write_metrics(tmp_path, "eager_fp32", None, ["a", "b"])  # written before lineage existed
+    write_metrics(tmp_path, "onnx_qat_per_text", {ONNX_FILE: "o1", STATE_DICT_FILE: "w2", "config.json": "c"},
+                  ["b", "a"], data_sha256="other")  # the same number of rows of another test.csv
     metrics = {"stage": "onnx_int8_dynamic", "n_samples": 2, "batch_size": 32, "predictions": ["a", "b"],
-               "logits": [[0.0, 1.0]] * 2, "lineage": current}
+               "logits": [[0.0, 1.0]] * 2, "lineage": current, "data_sha256": "d"}
     agreement, skipped = compare_with_other_stages(tmp_path, "onnx_int8_dynamic", metrics)
     assert set(agreement) == {"onnx_qat"} and agreement["onnx_qat"]["agreement"] == 0.5
+    assert "another test.csv" in skipped["onnx_qat_per_text"]
     assert agreement["onnx_qat"]["lineage"][ONNX_FILE] == "o1"
     assert "stale" in skipped["eager_qat"] and STATE_DICT_FILE in skipped["eager_qat"]
     assert "eval_eager_qat.py" in skipped["eager_qat"]

@@ -127,6 +127,7 @@ def test_balanced_loss_weights():
     assert uniform.item() == pytest.approx(F.cross_entropy(logits, labels).item())
 
 
+@pytest.mark.slow
 def test_help_for_every_step():
     for script in ("train_eager_qat.py", "export_to_onnx.py", "quantize_onnx_dynamic.py", "eval_onnx_int8_dynamic.py",
                    "eval_onnx_qat.py", "eval_eager_qat.py", "prepare_data.py"):
@@ -263,6 +264,7 @@ def test_corrupt_onnx_is_named(trained_run):
 
 
 @pytest.mark.skipif(not SMSA.is_dir(), reason="../shared/data/smsa not present")
+@pytest.mark.slow
 def test_default_model_on_smsa_slice(tmp_path):
     """A few QAT steps of the offline default (multilingual-e5-small, converted on first use) on a slice of SmSA;
     the INT8 model passed the fidelity gate and agrees with the eager simulation."""

@@ -65,6 +65,7 @@ def test_load_run_leaves_the_arguments_as_parsed(tmp_path, monkeypatch):
     assert run.results_dir.parent == tmp_path / "results" / "r" and run.results_dir.name.startswith("on-data-")
 
 
+@pytest.mark.slow
 def test_evaluation_on_other_data_keeps_the_runs_metrics(tmp_path_factory):
     """eval_onnx_int8_dynamic.py --data-dir OTHER with as many test rows: the run's metrics stay as they were, the
     new ones go beside them and are compared only with stages measured on the same file."""

@@ -7,6 +7,7 @@ import sys
 import threading
 
 import pandas as pd
+import pytest
 from helpers import ROOT, tiny_workspace
 
 PREPARING = "preparing the default data set"
@@ -49,6 +50,7 @@ def test_user_csvs_in_the_default_folder_are_left_alone(tmp_path, monkeypatch, c
     assert sorted(p.name for p in tmp_path.iterdir()) == ["train.csv"]
 
 
+@pytest.mark.slow
 def test_torchrun_two_cpu_ranks(tmp_path):
     """Two ranks start on an empty default data folder: exactly one prepares it; the run trains with both ranks
     and rank 0 alone writes a loadable model and a run_info.json that records the world size."""
