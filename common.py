@@ -419,7 +419,8 @@ def sha256_file(path) -> str:
 
 def file_hashes(rdir: Path, names) -> dict:
     """{name: sha256} of files of the run folder (inputs of a step, hashed before the step uses them)."""
-    return {name: sha256_file(Path(rdir) / name) for name in names}
+    return {name: sha256_file(require_file(Path(rdir) / name, PRODUCERS.get(name, "train_eager_qat.py")))
+            for name in names}
 
 
 def check_unchanged(rdir: Path, hashes: dict) -> None:

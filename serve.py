@@ -364,10 +364,11 @@ def create_app(predictor, settings: Settings, metadata: dict, metrics: ServiceMe
     async def bad_request(request, exc: BadRequest):
         return JSONResponse({"detail": exc.detail}, status_code=exc.status)
 
-    async def discard_body(request: Request, received: int) -> None:
-        """Read the rest of a refused body, up to DRAIN_MAX_BYTES in all, so the client is not cut off while still
-        sending (it would see a broken pipe, not the 413)."""
-        async for chunk in request.stream():
+    async def discard_body(stream, received: int) -> None:
+        """Read the rest of a refused body from its stream (one per request: Starlette refuses a second), up to
+        DRAIN_MAX_BYTES in all, so the client is not cut off while still sending (it would see a broken pipe, not
+        the 413)."""
+        async for chunk in stream:
             received += len(chunk)
             if received > DRAIN_MAX_BYTES:
                 return
@@ -376,20 +377,20 @@ def create_app(predictor, settings: Settings, metadata: dict, metrics: ServiceMe
         """The body, refused with 413 once it is over the limit (by Content-Length, or as it streams in)."""
         limit = settings.max_body_bytes
         declared = request.headers.get("content-length")
-        if declared is not None:
-            try:
-                declared_n = int(declared)
-            except ValueError:
-                raise BadRequest(400, "invalid Content-Length header")
-            if declared_n > limit:
-                if declared_n <= DRAIN_MAX_BYTES:
-                    await discard_body(request, 0)
-                raise BadRequest(413, f"body of {declared_n} bytes is over the limit of {limit} bytes (--max-body-bytes)")
+        try:
+            declared_n = int(declared) if declared is not None else None
+        except ValueError:
+            raise BadRequest(400, "invalid Content-Length header")
+        stream = request.stream()
+        if declared_n is not None and declared_n > limit:
+            if declared_n <= DRAIN_MAX_BYTES:
+                await discard_body(stream, 0)
+            raise BadRequest(413, f"body of {declared_n} bytes is over the limit of {limit} bytes (--max-body-bytes)")
         body = bytearray()
-        async for chunk in request.stream():
+        async for chunk in stream:
             body += chunk
             if len(body) > limit:
-                await discard_body(request, len(body))
+                await discard_body(stream, len(body))
                 raise BadRequest(413, f"body is over the limit of {limit} bytes (--max-body-bytes)")
         return bytes(body)
 
