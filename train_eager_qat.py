@@ -325,6 +325,7 @@ def training_arguments(args, phase: Phase, output_dir):
         weight_decay=args.weight_decay, warmup_steps=args.warmup_ratio, eval_strategy="epoch", save_strategy="epoch",
         load_best_model_at_end=True, metric_for_best_model="f1_macro", greater_is_better=True,
         save_total_limit=1, save_only_model=True, logging_steps=10, report_to="none", seed=args.seed,
+        remove_unused_columns=False,  # keep teacher_logits: the model's forward does not take them, the loss does
         data_seed=args.seed, dataloader_num_workers=0, use_cpu=not torch.cuda.is_available(),
         train_sampling_strategy="group_by_length" if args.group_by_length else "random")
 

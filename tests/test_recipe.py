@@ -72,6 +72,37 @@ def test_trainer_loss_mixes_cross_entropy_and_distillation(tmp_path, weight):
     assert float(trainer.compute_loss(model, no_teacher, num_items_in_batch=4)) == pytest.approx(float(ce), rel=1e-5)
 
 
+def test_teacher_logits_reach_the_loss_in_training(tmp_path, monkeypatch):
+    """The Trainer as the QAT phase builds it: its training batches carry the rows' teacher logits (the Trainer drops
+    columns the model's forward does not take unless told not to) and each training step adds the distillation."""
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer, DataCollatorWithPadding
+
+    import train_eager_qat as t
+    from common import Split
+    from tiny_model import make_tiny_bert
+
+    texts = ["makanan enak sekali", "pelayanan buruk", "biasa saja", "tempatnya bersih", "mahal dan lambat"] * 2
+    folder = make_tiny_bert(tmp_path / "bert", texts, vocab_size=60)
+    tokenizer = AutoTokenizer.from_pretrained(folder)
+    model = AutoModelForSequenceClassification.from_pretrained(folder)
+    data = t.EncodedDataset(Split(texts, ["a", "b"] * 5), tokenizer, ["input_ids", "attention_mask"],
+                            {"a": 0, "b": 1}, 16)
+    teacher = np.random.default_rng(0).normal(size=(len(texts), 2)).astype(np.float32)
+    args = t.parse_args(["--model", str(folder), "--batch-size", "4"])
+    phase = t.phases_of(args)[1]
+    trainer = t.distillation_trainer(phase.distill_weight, phase.distill_temperature)(
+        model=model, args=t.training_arguments(args, phase, tmp_path / "ckpt"), train_dataset=t.WithTeacher(data, teacher),
+        eval_dataset=data,
+        data_collator=DataCollatorWithPadding(tokenizer), compute_loss_func=t.weighted_cross_entropy(np.ones(2)))
+    batch = next(iter(trainer.get_train_dataloader()))
+    assert tuple(batch["teacher_logits"].shape) == (4, 2)
+    calls = []
+    real = t.distillation_loss
+    monkeypatch.setattr(t, "distillation_loss", lambda *a: calls.append(a[1]) or real(*a))
+    trainer.training_step(trainer.model, dict(batch))
+    assert len(calls) == 1 and torch.equal(calls[0], batch["teacher_logits"])
+
+
 # ---------------------------------------------------------------- phases and budgets
 
 
