@@ -58,6 +58,9 @@ def build_parser():
                    help="as train_eager_qat.py --class-weight, for every arm")
     p.add_argument("--group-by-length", action="store_true", help="train with batches of similar length (every arm)")
     p.add_argument("--settings", nargs="+", choices=list(TARGETS), default=list(TARGETS), help="weight settings")
+    p.add_argument("--reuse-fp32", action="store_true",
+                   help="keep an FP32 run already in --work-dir trained with this budget and seed instead of training "
+                        "it again (its deploy steps still run); the QAT phase starts from it either way")
     p.add_argument("--ablations", action="store_true",
                    help="first seed, 7-bit: the QAT phase without distillation, and QAT from the pretrained model")
     p.add_argument("--report-name", default="ptq_vs_qat",
@@ -70,9 +73,17 @@ def build_parser():
 
 
 def parse_args(argv=None):
+    from common import has_vnni
+
     p = build_parser()
     args = p.parse_args(argv)
     args.defaults = vars(p.parse_args([]))
+    if "8bit" in args.settings and not has_vnni():  # ONNX Runtime would compute 8-bit models otherwise here
+        print("this CPU has no VNNI: the 8-bit setting cannot be measured here (ONNX Runtime's kernels would not "
+              "compute what was simulated); measuring 7-bit weights only", flush=True)
+        args.settings = [x for x in args.settings if x != "8bit"]
+    if not args.settings:
+        p.error("no weight setting left to measure on this CPU")
     return args
 
 
@@ -102,11 +113,25 @@ class Runner:
         a = self.args
         budget = [(f"--{k.replace('_', '-')}", getattr(a, k)) for k in ("epochs", "lr", "qat_epochs", "qat_lr",
                                                                        "distill_weight")]
+        if self.args.reuse_fp32 and "--no-qat" in flags and self.reusable(run, seed):
+            self.train_s[run] = run_info(self.work, run)["phases"]["fp32"]["wall_s"]
+            print(f"    reusing {run} (trained with this budget and seed)", flush=True)
+            return
         self.train_s[run] = self.step(
             "train_eager_qat.py", "--model", a.model, "--run-name", run, "--seed", seed,
             "--max-train-samples", a.max_train_samples, "--class-weight", a.class_weight,
             *[x for flag, v in budget if v is not None and flag not in flags for x in (flag, v)],
             *(["--group-by-length"] if a.group_by_length else []), *flags)
+
+    def reusable(self, run, seed) -> bool:
+        """An FP32 run in the work dir trained with this seed and budget (epochs and lr as given, or the defaults)."""
+        if not (self.work / "models" / run / "run_info.json").is_file():
+            return False
+        a, info = self.args, run_info(self.work, run)
+        given = {k: getattr(a, k) for k in ("epochs", "lr") if getattr(a, k) is not None}
+        want = {"seed": seed, "n_train": a.max_train_samples, "max_length": a.max_length, "class_weight": a.class_weight,
+                "group_by_length": a.group_by_length, "batch_size": a.batch_size, "recipe": "fp32", **given}
+        return all(info.get(k) == v for k, v in want.items()) and not info.get("init_from")
 
     def deploy(self, run, eager_stage="eager_qat"):
         """export, quantize, evaluate; returns {stage: metrics}"""
@@ -209,9 +234,10 @@ def macro_f1(truth, pred, labels) -> float:
 
 def paired(rows, a: str, b: str, truth: list[str], labels: list[str], n_boot: int = N_BOOT) -> dict:
     """Model a against model b, paired by seed and by test row: per-seed macro-F1 differences (a - b), their mean
-    and std, a bootstrap 95% interval of the mean over seeds (test rows resampled with replacement, the same rows
-    for every seed and both models), and McNemar's exact test (binomial on the rows exactly one of them gets right,
-    pooled over seeds)."""
+    and std; a bootstrap 95% interval of the mean difference that resamples seeds and then test rows (the same rows
+    for both models), so it carries both sources of spread; and McNemar's exact test per seed (binomial on the rows
+    exactly one of them gets right; the same texts in another seed are not independent pairs, so seeds are not
+    pooled)."""
     import numpy as np
     from scipy.stats import binomtest
 
@@ -222,16 +248,17 @@ def paired(rows, a: str, b: str, truth: list[str], labels: list[str], n_boot: in
     rng = np.random.default_rng(0)
     boot = []
     for _ in range(n_boot):
+        seeds = rng.integers(0, len(rows), len(rows))
         idx = rng.integers(0, len(y), len(y))
-        boot.append(np.mean([macro_f1(y[idx], x[idx], labels) - macro_f1(y[idx], z[idx], labels)
-                             for x, z in zip(pa, pb)]))
-    only_a = int(sum(((x == y) & (z != y)).sum() for x, z in zip(pa, pb)))
-    only_b = int(sum(((x != y) & (z == y)).sum() for x, z in zip(pa, pb)))
-    p = binomtest(only_a, only_a + only_b, 0.5).pvalue if only_a + only_b else 1.0
+        boot.append(np.mean([macro_f1(y[idx], pa[k][idx], labels) - macro_f1(y[idx], pb[k][idx], labels)
+                             for k in seeds]))
+    only_a = [int(((x == y) & (z != y)).sum()) for x, z in zip(pa, pb)]
+    only_b = [int(((x != y) & (z == y)).sum()) for x, z in zip(pa, pb)]
+    p = [float(binomtest(i, i + j, 0.5).pvalue) if i + j else 1.0 for i, j in zip(only_a, only_b)]
     mean, std = mean_std(diffs)
     return {"a": a, "b": b, "f1_diff_per_seed": diffs, "f1_diff_mean": mean, "f1_diff_std": std,
             "f1_diff_ci95": [float(np.percentile(boot, 2.5)), float(np.percentile(boot, 97.5))],
-            "only_a_right": only_a, "only_b_right": only_b, "mcnemar_p": float(p)}
+            "only_a_right": only_a, "only_b_right": only_b, "mcnemar_p": p}
 
 
 def verdict(stat: dict) -> str:
@@ -300,18 +327,19 @@ def write_report(rows, ablation, args, info, out_dir: Path, elapsed_s: float):
                  f"{fmt(r[f'qat_{s}']['f1_macro'] for r in rows)} | {fmt(r[f'ptq_{s}']['accuracy'] for r in rows)} | "
                  f"{fmt(r[f'qat_{s}']['accuracy'] for r in rows)} |")
     L += ["", "## Paired differences (macro-F1 points)", "",
-          f"Per-seed differences, their mean ± std, a bootstrap 95% interval of the mean over seeds ({N_BOOT} "
-          f"resamples of the test rows) and McNemar's exact p over the rows exactly one model gets right (pooled over "
-          f"seeds).", "",
-          "| setting | comparison | per seed | mean ± std | 95% interval | rows only A right / only B right | "
-          "McNemar p | reading |", "|---|---|---|---|---|---|---|---|"]
+          f"Per-seed differences, their mean ± std, a bootstrap 95% interval of the mean difference ({N_BOOT} "
+          f"resamples of the seeds and then of the test rows) and, per seed, the rows only A / only B gets right and "
+          f"McNemar's exact p on them.", "",
+          "| setting | comparison | per seed | mean ± std | 95% interval | rows only A right / only B right, per seed | "
+          "McNemar p, per seed | reading |", "|---|---|---|---|---|---|---|---|"]
     names = {"qat_vs_ptq": "QAT - PTQ", "qat_vs_fp32": "QAT - FP32", "ptq_vs_fp32": "PTQ - FP32"}
     for s in args.settings:
         for key, st in stats[s].items():
             lo, hi = st["f1_diff_ci95"]
             L.append(f"| {s} | {names[key]} | {', '.join(pts(d) for d in st['f1_diff_per_seed'])} | "
                      f"{st['f1_diff_mean'] * 100:+.2f} ± {st['f1_diff_std'] * 100:.2f} | [{lo * 100:+.2f}, {hi * 100:+.2f}] | "
-                     f"{st['only_a_right']} / {st['only_b_right']} | {st['mcnemar_p']:.3f} | {verdict(st)} |")
+                     f"{', '.join(f'{i} / {j}' for i, j in zip(st['only_a_right'], st['only_b_right']))} | "
+                     f"{', '.join(f'{p:.3f}' for p in st['mcnemar_p'])} | {verdict(st)} |")
     L += ["", "## Targets (issue: QAT within 0.5 point of FP32 with 8-bit weights, within 1.0 with 7-bit; never below "
           "PTQ; with 7-bit weights recovering at least half of what PTQ loses)", ""]
     for s in args.settings:
@@ -434,13 +462,15 @@ def phase_budget(r: Runner, fp32_run: str, qat_run: str) -> dict:
 def run_seed(r: Runner, seed: int) -> dict:
     """Train and deploy every arm for one seed; their headline numbers."""
     fp32_run = f"fp32-s{seed}"
-    r.train(fp32_run, seed, "--no-qat", "--target-cpu", "vnni")
+    r.train(fp32_run, seed, "--no-qat", "--target-cpu", "portable")
     m_fp32 = r.deploy(fp32_run, eager_stage="eager_fp32")
+    own_reduce_range = json.loads((r.work / "models" / fp32_run / "quant_config.json").read_text())["reduce_range"]
     ref = m_fp32["eager_fp32"]
     row = {"seed": seed, "fp32": {"accuracy": ref["accuracy"], "f1_macro": ref["f1_macro"],
                                   "predictions": ref["predictions"], **training_record(r, fp32_run)}}
     for s in r.args.settings:
-        m_ptq = m_fp32 if TARGETS[s] == "vnni" else r.requantize(fp32_run, f"fp32-s{seed}-{s}", TARGETS[s])
+        same = own_reduce_range == (TARGETS[s] == "portable")  # the FP32 run's own INT8 model is this setting's PTQ
+        m_ptq = m_fp32 if same else r.requantize(fp32_run, f"fp32-s{seed}-{s}", TARGETS[s])
         row[f"ptq_{s}"] = {**summarize(m_ptq, ref, "eager_fp32"), **training_record(r, fp32_run)}
         qat_run = f"qat-s{seed}-{s}"
         r.train(qat_run, seed, "--init-from", fp32_run, "--target-cpu", TARGETS[s])
