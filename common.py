@@ -373,10 +373,16 @@ def atomic_files(final_dir: Path):
         umask = os.umask(0)
         os.umask(umask)
         os.chmod(tmp, 0o777 & ~umask)  # mkdtemp makes 0700; a run folder is shared (a service may read it)
-        old = final_dir.with_name(f".{final_dir.name}.replaced-{os.getpid()}") if final_dir.exists() else None
-        if old:
-            os.rename(final_dir, old)
-        os.rename(tmp, final_dir)
+        old = None
+        if final_dir.exists():
+            old = Path(tempfile.mkdtemp(prefix=f".{final_dir.name}.replaced-", dir=final_dir.parent))
+            os.rename(final_dir, old / final_dir.name)
+        try:
+            os.rename(tmp, final_dir)
+        except OSError as e:
+            if old:
+                os.rename(old / final_dir.name, final_dir)  # put the earlier folder back
+            raise PipelineError(f"could not move the new {final_dir.name} into place ({e}): nothing was replaced")
         if old:
             shutil.rmtree(old, ignore_errors=True)
     finally:
@@ -426,7 +432,10 @@ def file_hashes(rdir: Path, names) -> dict:
 def check_unchanged(rdir: Path, hashes: dict) -> None:
     """Refuse when a file hashed before a step read it was replaced while the step ran (the step would record the
     old hash for what it read from the new file)."""
-    changed = [name for name, sha in hashes.items() if sha256_file(Path(rdir) / name) != sha]
+    try:
+        changed = [name for name, sha in hashes.items() if sha256_file(Path(rdir) / name) != sha]
+    except OSError:  # removed meanwhile (a retrain replaces the run folder whole)
+        changed = [name for name in hashes if not (Path(rdir) / name).is_file()]
     if changed:
         raise PipelineError(f"{', '.join(changed)} in {rdir} changed while this step read it (retrained or copied in "
                             f"meanwhile): run the step again")

@@ -10,13 +10,12 @@ from __future__ import annotations
 
 import json
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from dataclasses import dataclass
-
-from common import (atomic_output, check_known_labels, cpu_info, file_size_mb, lineage_conflicts, load_split,
+from common import (PipelineError, atomic_output, check_known_labels, cpu_info, file_size_mb, lineage_conflicts, load_split,
                     make_batches, write_json)
 from model_card import write_model_card
 from predictor import Predictor
@@ -157,7 +156,10 @@ def evaluate(run: Run, settings: EvalSettings, stage: str, model_path: Path, pre
 
     stage = settings.stage(stage)
     labels = list(run.labels)
+    data_sha256 = run.test_file_sha256()  # before reading it: the hash recorded is that of the rows measured
     test = load_split(run.data_dir, "test", run.text_column, run.label_column)
+    if run.test_file_sha256() != data_sha256:
+        raise PipelineError(f"{run.data_dir}/test.csv changed while it was read: run the evaluation again")
     check_known_labels(test, {l: i for i, l in enumerate(labels)}, f"{run.data_dir}/test.csv")
     tokenizer = AutoTokenizer.from_pretrained(run.dir)
 
@@ -180,7 +182,7 @@ def evaluate(run: Run, settings: EvalSettings, stage: str, model_path: Path, pre
         "max_length": run.max_length,
         "batching": "each text alone (batch of 1, no padding)" if settings.per_text else "sorted by length, padded per batch",
         "model_size_mb": file_size_mb(model_path), "n_samples": len(test.texts), "labels": labels,
-        "data": str(Path(run.data_dir) / "test.csv"), "data_sha256": run.test_file_sha256(), "cpu": cpu_info(),
+        "data": str(Path(run.data_dir) / "test.csv"), "data_sha256": data_sha256, "cpu": cpu_info(),
         **(extra or {}), "lineage": lineage, "predictions": [labels[i] for i in y_pred],
         "logits": np.round(logits, 6).tolist(),
     })

@@ -34,8 +34,11 @@ class Run:
 
     @property
     def own_data(self) -> bool:
-        """Whether data_dir is the folder the run was trained on (its test split is the run's own)."""
-        return Path(self.data_dir).resolve() == Path(self.info["data_dir"]).resolve()
+        """Whether evaluations measure the run as trained: its own data folder, columns and max_length (other
+        settings' metrics go beside the run's, not over them)."""
+        return (Path(self.data_dir).resolve() == Path(self.info["data_dir"]).resolve()
+                and (self.text_column, self.label_column, self.max_length)
+                == (self.info["text_column"], self.info["label_column"], int(self.info["max_length"])))
 
     def file(self, name: str) -> Path:
         """A file of the run that must exist; a missing one names the step that writes it."""
@@ -81,8 +84,9 @@ def load_run(args, step_before: str = "train_eager_qat.py") -> Run:
                             f"(or pass the --run-name/--model/--data-dir used there)")
     run = Run.load(folder, RESULTS_DIR / folder.name, **{k: getattr(args, k, None) for k in (
         "max_length", "data_dir", "text_column", "label_column")})
-    if not run.own_data:  # metrics on other data never replace (nor are compared with) those of the run's test split
-        other = RESULTS_DIR / folder.name / f"on-{Path(run.data_dir).resolve().name}-{run.test_file_sha256()[:8]}"
-        print(f"--data-dir {run.data_dir} is not the run's ({run.info['data_dir']}): results go to {other}")
+    if not run.own_data:  # metrics of other data or settings never replace those of the run as trained
+        tag = f"{Path(run.data_dir).resolve().name}-{run.test_file_sha256()[:8]}-len{run.max_length}"
+        other = RESULTS_DIR / folder.name / f"on-{tag}"
+        print(f"--data-dir/--max-length/columns differ from the run's: results go to {other}")
         run = replace(run, results_dir=other)
     return run

@@ -173,10 +173,17 @@ def kill_and_resume(run_name, src, work: Path, env, chunk_rows: int, n_rows: int
     progress = Path(f"{out}.progress.json")
     proc = subprocess.Popen(predict_cmd(run_name, src, out, *args), cwd=ROOT, env=env, stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL)
-    while proc.poll() is None and not (progress.is_file() and json.loads(progress.read_text())["chunks_done"] >= k):
+    def chunks_done() -> int:
+        try:
+            return json.loads(progress.read_text())["chunks_done"]
+        except (OSError, ValueError):  # not written yet, or removed when the job finished
+            return 0
+
+    while proc.poll() is None and chunks_done() < k:
         time.sleep(0.002)
-    recorded = json.loads(progress.read_text())["chunks_done"] if progress.is_file() else 0
-    os.kill(proc.pid, signal.SIGKILL)
+    recorded = chunks_done()
+    if proc.poll() is None:
+        proc.kill()  # SIGKILL
     proc.wait()
     existed = out.exists()
     subprocess.run(predict_cmd(run_name, src, out, *args, "--resume"), env=env, cwd=ROOT, check=True,
