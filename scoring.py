@@ -47,7 +47,10 @@ def cached_predictor(run_dir, threads: int, batch_size: int, expected_sha256: st
     if key not in _PREDICTORS:
         for old in [k for k in _PREDICTORS if k[0] == path and k[1] != sha]:
             del _PREDICTORS[old]  # the run's earlier model: never used again
-        _PREDICTORS[key] = Predictor(run_dir, threads=threads, batch_size=batch_size, per_text=batch_size == 1)
+        predictor = Predictor(run_dir, threads=threads, batch_size=batch_size, per_text=batch_size == 1)
+        if predictor.lineage[INT8_FILE] != sha:  # replaced between the hash above and the Predictor's own
+            raise PipelineError(f"{Path(run_dir) / INT8_FILE} changed while this worker loaded it: run the job again")
+        _PREDICTORS[key] = predictor
     return _PREDICTORS[key]
 
 

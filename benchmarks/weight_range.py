@@ -82,11 +82,12 @@ def measure(args) -> dict:
     import dataclasses
 
     import torch
-    from onnxruntime.quantization import quantize_dynamic
     from transformers import AutoTokenizer
 
-    from common import MODELS_DIR, ONNX_FILE, QUANT_CONFIG_FILE, cpu_info, has_vnni, load_run_model, load_split, make_batches
+    from common import (MODELS_DIR, ONNX_FILE, QUANT_CONFIG_FILE, cpu_info, has_vnni, load_run_model, load_split,
+                        make_batches, verify_lineage)
     from quant_sim import QuantConfig
+    from quantize_onnx_dynamic import check_matches_simulation, quantize
 
     torch.set_num_threads(args.threads)
     rdir = MODELS_DIR / args.run_name
@@ -96,6 +97,8 @@ def measure(args) -> dict:
     batches = make_batches(texts, tokenizer, info["input_names"], info["max_length"], 1)
     model = load_run_model(rdir)
     base = QuantConfig.load(rdir / QUANT_CONFIG_FILE)
+    verify_lineage(rdir, ONNX_FILE)  # the FP32 ONNX is an export of the weights simulated here
+    model_config = json.loads((rdir / "config.json").read_text())
     n, n_labels = len(texts), len(info["labels"])
     results, sims = [], {}
     with tempfile.TemporaryDirectory() as tmp:
@@ -103,7 +106,8 @@ def measure(args) -> dict:
             qcfg = dataclasses.replace(base, weight_type="int8", reduce_range=reduce_range)
             path = Path(tmp) / f"rr{int(reduce_range)}.onnx"
             if not path.exists():
-                quantize_dynamic(str(rdir / ONNX_FILE), str(path), **qcfg.quantize_dynamic_kwargs())
+                quantize(rdir / ONNX_FILE, path, qcfg, model_config)  # as the quantize step does (fused graph too)
+                check_matches_simulation(path, qcfg)
             if reduce_range not in sims:
                 sims[reduce_range] = simulated_logits(model, qcfg, batches, n, n_labels)
             logits, texts_per_s = timed_logits(session(path, args.threads, config), batches, n, n_labels)
