@@ -161,3 +161,19 @@ def test_margins_of_the_rows_where_int8_differs():
     assert out["disagree_margin_max"] == pytest.approx(0.2) and out["disagree_margin_median"] == pytest.approx(0.15)
     assert out["margin_median_all"] == pytest.approx((0.2 + 3.0) / 2)
     assert disagreement_margins(source, {"predictions": source["predictions"]})["disagree_margin_max"] is None
+
+
+def test_report_from_files_equals_the_measured_one(smoke, tmp_path):
+    """--from-files renders the same per-seed numbers from the runs' files without training anything."""
+    cfg = smoke["report"]["config"]
+    proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "ptq_vs_qat.py"), "--from-files", "--seeds", "7",
+                           "--max-length", "24", "--data-dir", str(smoke["work"] / "data"), "--work-dir",
+                           str(smoke["work"]), "--out-dir", str(tmp_path), "--report-name", "again",
+                           "--settings", *cfg["settings"]], capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    again = json.loads((tmp_path / "again.json").read_text())["per_seed"][0]
+    first = smoke["report"]["per_seed"][0]
+    drop_times = lambda row: {k: ({kk: vv for kk, vv in v.items() if kk != "train_s"} if isinstance(v, dict) else v)
+                              for k, v in row.items()}
+    assert drop_times(again) == drop_times(first)
+    assert "train_eager_qat.py" not in proc.stdout  # nothing was trained or evaluated

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-from helpers import ROOT, SMSA, run_step, run_steps, tiny_workspace, train_tiny
+from helpers import ROOT, SMSA, record_as_current, run_step, run_steps, tiny_workspace, train_tiny
 
 STAGES = ("eager_qat", "onnx_qat", "onnx_int8_dynamic")
 
@@ -240,6 +240,10 @@ def test_model_file_not_matching_labels(trained_run):
     assert_one_line_error(proc, "does not match", "3 labels")
     assert not (clone / "model_qat.onnx").exists() and not list(clone.glob("*.partial"))
     proc = run_step("eval_onnx_int8_dynamic.py", "--run-name", "three-labels", env=env, check=False)
+    assert_one_line_error(proc, "is stale", "config.json")  # the ONNX model was made from the earlier config
+    shutil.copyfile(trained_run["run"] / "model_qat.onnx", clone / "model_qat.onnx")
+    record_as_current(clone)  # recorded as made from the new config: only its output width gives it away
+    proc = run_step("eval_onnx_int8_dynamic.py", "--run-name", "three-labels", env=env, check=False)
     assert_one_line_error(proc, "outputs 2 logits", "3 labels")
 
 
@@ -248,6 +252,9 @@ def test_corrupt_onnx_is_named(trained_run):
     clone = trained_run["tmp"] / "models" / "corrupt"
     shutil.copytree(trained_run["run"], clone, dirs_exist_ok=True)
     (clone / "model_qat_int8_dynamic.onnx").write_bytes(b"not an onnx model")
+    proc = run_step("eval_onnx_int8_dynamic.py", "--run-name", "corrupt", env=env, check=False)
+    assert_one_line_error(proc, "is not the file quantize_onnx_dynamic.py recorded")
+    record_as_current(clone)  # recorded as made: only ONNX Runtime can tell it is no model
     proc = run_step("eval_onnx_int8_dynamic.py", "--run-name", "corrupt", env=env, check=False)
     assert_one_line_error(proc, "could not be loaded")
     (clone / "model_qat.onnx").write_bytes(b"\x00garbage")

@@ -24,7 +24,7 @@ from pathlib import Path
 import httpx
 import numpy as np
 import pytest
-from helpers import ROOT, run_step, run_steps, tiny_workspace, train_tiny
+from helpers import ROOT, record_as_current, run_step, run_steps, tiny_workspace, train_tiny
 
 sys.path.insert(0, str(ROOT / "benchmarks"))
 import serve_load  # noqa: E402
@@ -218,6 +218,9 @@ def test_predictor_refuses_a_model_not_matching_labels(tiny_run, tmp_path):
         cfg = json.loads((clone / name).read_text())
         cfg[key] = {"0": "a", "1": "b", "2": "c"} if key == "id2label" else ["a", "b", "c"]
         (clone / name).write_text(json.dumps(cfg))
+    with pytest.raises(PipelineError, match="is stale"):  # the models were made from the earlier config.json
+        Predictor(clone, threads=1)
+    record_as_current(clone)
     with pytest.raises(PipelineError, match="outputs 2 logits but the run has 3 labels"):
         Predictor(clone, threads=1)
 
@@ -516,6 +519,7 @@ def test_start_up_refuses_a_model_not_matching_labels(tiny_run):
     info = json.loads((clone / "run_info.json").read_text())
     info["labels"] = ["negative", "neutral", "positive"]
     (clone / "run_info.json").write_text(json.dumps(info))
+    record_as_current(clone)  # as if re-exported: the INT8 model's output width is what gives it away
     proc = subprocess.run([sys.executable, str(ROOT / "serve.py"), "--run-name", "three-labels", "--port",
                            str(free_port())], capture_output=True, text=True, env=env, cwd=ROOT, timeout=120)
     assert proc.returncode == 2
