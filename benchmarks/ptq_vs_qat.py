@@ -371,7 +371,7 @@ def write_report(rows, ablation, args, info, out_dir: Path, elapsed_s: float):
     config = {k: (os.path.relpath(v, ROOT) if k in ("data_dir", "work_dir", "out_dir", "model") and os.path.isabs(str(v))
                   else v) for k, v in vars(args).items() if k != "defaults"}  # no machine's absolute paths
     (out_dir / f"{report}.json").write_text(json.dumps(
-        {"config": config, "cpu": cpu, "date": datetime.date.today().isoformat(), "wall_s": elapsed_s,
+        {"config": config, "cpu": cpu, "date": datetime.date.today().isoformat(), "wall_s": None if args.from_files else elapsed_s,
          "info": info, "per_seed": rows, "paired": stats, "ablation": ablation}, indent=2))
     plot(rows, args.settings, out_dir / f"{report}.png")
     print("\n".join(L))
