@@ -211,17 +211,6 @@ def sorted_labels(labels) -> list[str]:
     return sorted(set(labels), key=_label_sort_key)
 
 
-def first_non_utf8(path: Path) -> str:
-    """Where a file stops being UTF-8, as 'line N, byte 0xXX' (pandas reports an offset within its chunk)."""
-    raw = Path(path).read_bytes()
-    try:
-        raw.decode("utf-8")
-        return "valid UTF-8"
-    except UnicodeDecodeError as e:
-        line = raw.count(b"\n", 0, e.start) + 1
-        return f"line {line}, byte 0x{raw[e.start]:02x}"
-
-
 SAVE_AS_UTF8 = "save it as UTF-8 (Excel: Save As > 'CSV UTF-8'; or iconv -f cp1252 -t utf-8 in.csv > out.csv)"
 
 
