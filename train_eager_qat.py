@@ -136,11 +136,15 @@ def subsample(split, n, seed):
 
 
 class EncodedDataset:
-    """Tokenized texts without padding; DataCollatorWithPadding pads each batch."""
+    """Tokenized texts without padding; DataCollatorWithPadding pads each batch. by_length: rows shortest first, for
+    the splits only evaluated (their scores do not depend on row order, and batches of similar length pad less:
+    SmSA's validation split pads to about half the tokens)."""
 
-    def __init__(self, split, tokenizer, input_names, label2id, max_length):
+    def __init__(self, split, tokenizer, input_names, label2id, max_length, by_length=False):
         enc = tokenizer(split.texts, truncation=True, max_length=max_length)
         self.rows = [{**{k: enc[k][i] for k in input_names}, "labels": label2id[l]} for i, l in enumerate(split.labels)]
+        if by_length:
+            self.rows.sort(key=lambda row: len(row[input_names[0]]))
 
     def __len__(self):
         return len(self.rows)
@@ -246,17 +250,22 @@ def distillation_trainer(distill_weight: float, temperature: float):
 
 
 def teacher_logits(model, dataset, collator, batch_size: int) -> np.ndarray:
-    """The model's logits (eval mode: no dropout, FP32) on every row of dataset, in order."""
+    """The model's logits (eval mode: no dropout, FP32) on every row of dataset, in the dataset's order; computed in
+    batches of similar length (less padding), which the attention mask makes the same logits as any batching."""
     import torch
 
     model.eval()
-    out = []
+    order = sorted(range(len(dataset)), key=lambda i: len(next(iter(dataset[i].values()))))
+    logits = None
     with torch.inference_mode():
-        for start in range(0, len(dataset), batch_size):
-            batch = collator([{k: v for k, v in dataset[i].items() if k != "labels"}
-                              for i in range(start, min(start + batch_size, len(dataset)))])
-            out.append(model(**{k: v.to(model.device) for k, v in batch.items()}).logits.float().cpu().numpy())
-    return np.concatenate(out)
+        for start in range(0, len(order), batch_size):
+            rows = order[start:start + batch_size]
+            batch = collator([{k: v for k, v in dataset[i].items() if k != "labels"} for i in rows])
+            out = model(**{k: v.to(model.device) for k, v in batch.items()}).logits.float().cpu().numpy()
+            if logits is None:
+                logits = np.empty((len(dataset), out.shape[1]), dtype=np.float32)
+            logits[rows] = out
+    return logits
 
 
 class WithTeacher:
@@ -337,6 +346,13 @@ def training_curve(log_history: list[dict]) -> dict:
             "val_loss": [[h["epoch"], h["eval_loss"]] for h in log_history if "eval_loss" in h]}
 
 
+def best_epoch_eval(trainer) -> dict:
+    """The validation scores of the epoch whose weights load_best_model_at_end restored (the first best macro-F1,
+    as the Trainer picks it), from its log: evaluating those weights again would only repeat them."""
+    evals = [h for h in trainer.state.log_history if "eval_f1_macro" in h]
+    return max(evals, key=lambda h: h["eval_f1_macro"]) if evals else trainer.evaluate()
+
+
 def train_phase(phase: Phase, model, data: dict, args, qcfg: QuantConfig, weights, ckpt_dir: Path):
     """Train model in place for one phase; returns the trained model, the phase's record for run_info.json, and
     whether this is the main process (the one that writes the run).
@@ -353,6 +369,7 @@ def train_phase(phase: Phase, model, data: dict, args, qcfg: QuantConfig, weight
     train_ds = data["train"]
     if phase.distill_weight > 0:
         train_ds = WithTeacher(train_ds, teacher_logits(model, train_ds, data["collator"], args.batch_size))
+    time_s = {"teacher": time.perf_counter() - t0}
     start_state = copy.deepcopy(model.state_dict()) if phase.qat else None
     if phase.qat:
         apply_fake_quant(model, qcfg)
@@ -362,13 +379,15 @@ def train_phase(phase: Phase, model, data: dict, args, qcfg: QuantConfig, weight
         data_collator=data["collator"], compute_metrics=compute_metrics, compute_loss_func=weighted_cross_entropy(weights))
     record = {k: v for k, v in asdict(phase).items() if k != "name"}
     record["world_size"] = training_args.world_size
+    t1 = time.perf_counter()
     start = trainer.evaluate() if phase.qat else None
-    trainer.train()
-    curve = training_curve(trainer.state.log_history)  # before the final evaluation, which repeats the best epoch's
+    time_s["start_eval"] = time.perf_counter() - t1
+    time_s["train"] = trainer.train().metrics["train_runtime"]  # its epoch evaluations and checkpoints included
+    curve = training_curve(trainer.state.log_history)
     if start is not None:  # the QAT phase's start point (PTQ of the starting weights) at epoch 0
         curve["val_f1_macro"].insert(0, [0.0, start["eval_f1_macro"]])
         curve["val_loss"].insert(0, [0.0, start["eval_loss"]])
-    val = trainer.evaluate()
+    val = best_epoch_eval(trainer)
     record.update(val_accuracy=val["eval_accuracy"], val_f1_macro=val["eval_f1_macro"], kept="trained")
     if start is not None:
         record.update(start_val_accuracy=start["eval_accuracy"], start_val_f1_macro=start["eval_f1_macro"])
@@ -377,6 +396,8 @@ def train_phase(phase: Phase, model, data: dict, args, qcfg: QuantConfig, weight
                 trainer.model.load_state_dict(start_state)
             record.update(val_accuracy=start["eval_accuracy"], val_f1_macro=start["eval_f1_macro"], kept="start")
     record["wall_s"] = time.perf_counter() - t0  # the whole phase: teacher logits, evaluations and training
+    record["time_s"] = {**time_s, "eval": sum(h["eval_runtime"] for h in trainer.state.log_history
+                                              if "eval_runtime" in h) + time_s["start_eval"]}
     record["curve"] = curve
     print(f"{phase.name} phase: validation accuracy {record['val_accuracy']:.4f}, macro-F1 {record['val_f1_macro']:.4f}"
           + (f" (start point {start['eval_f1_macro']:.4f}: kept the {record['kept']} weights)" if start else ""))
@@ -419,7 +440,7 @@ def main():
         model.get_input_embeddings().weight.requires_grad_(False)
     input_names = model_input_names(tokenizer, model.config)
     data = {"train": EncodedDataset(train, tokenizer, input_names, label2id, args.max_length),
-            "val": EncodedDataset(val, tokenizer, input_names, label2id, args.max_length),
+            "val": EncodedDataset(val, tokenizer, input_names, label2id, args.max_length, by_length=True),
             "collator": DataCollatorWithPadding(tokenizer)}
 
     qcfg = quant_config_for(args)

@@ -103,6 +103,70 @@ def test_teacher_logits_reach_the_loss_in_training(tmp_path, monkeypatch):
     assert len(calls) == 1 and torch.equal(calls[0], batch["teacher_logits"])
 
 
+def test_teacher_logits_come_back_in_dataset_order(tmp_path):
+    """The teacher pass batches rows by length (less padding); each row's logits are still its own, as one row at a
+    time in the dataset's order gives them."""
+    from transformers import AutoTokenizer, DataCollatorWithPadding
+
+    import train_eager_qat as t
+    from common import Split
+    from tiny_model import make_tiny_bert
+
+    texts = ["enak", "pelayanan buruk sekali dan lambat", "biasa", "tempatnya bersih nyaman dan murah sekali",
+             "mahal", "makanan enak", "buruk dan mahal", "ok"]
+    folder = make_tiny_bert(tmp_path / "bert", texts, vocab_size=60)
+    tokenizer = AutoTokenizer.from_pretrained(folder)
+    model = tiny_classifier_from(folder)
+    data = t.EncodedDataset(Split(texts, ["a", "b"] * 4), tokenizer, ["input_ids", "attention_mask"], {"a": 0, "b": 1}, 16)
+    collator = DataCollatorWithPadding(tokenizer)
+    batched = t.teacher_logits(model, data, collator, batch_size=3)
+    with torch.inference_mode():
+        one_by_one = np.concatenate([model(**tokenizer([text], return_tensors="pt")).logits.numpy() for text in texts])
+    assert batched.shape == (len(texts), 2)
+    np.testing.assert_allclose(batched, one_by_one, atol=1e-5)
+    assert len({tuple(np.round(r, 4)) for r in batched}) > 1  # the rows differ, so a shuffled order would show
+
+
+def tiny_classifier_from(folder):
+    from transformers import AutoModelForSequenceClassification
+
+    torch.manual_seed(0)
+    return AutoModelForSequenceClassification.from_pretrained(folder, num_labels=2)
+
+
+def test_evaluation_split_is_batched_by_length(tmp_path):
+    from transformers import AutoTokenizer
+
+    import train_eager_qat as t
+    from common import Split
+    from tiny_model import make_tiny_bert
+
+    texts = ["pelayanan buruk sekali dan lambat", "enak", "tempatnya bersih", "ok"]
+    tokenizer = AutoTokenizer.from_pretrained(make_tiny_bert(tmp_path / "bert", texts, vocab_size=60))
+    split = Split(texts, ["a", "b", "a", "b"])
+    names = ["input_ids", "attention_mask"]
+    plain = t.EncodedDataset(split, tokenizer, names, {"a": 0, "b": 1}, 16)
+    by_len = t.EncodedDataset(split, tokenizer, names, {"a": 0, "b": 1}, 16, by_length=True)
+    lengths = [len(r["input_ids"]) for r in by_len.rows]
+    assert lengths == sorted(lengths) and [len(r["input_ids"]) for r in plain.rows] != lengths
+    # the same rows, labels with their texts
+    assert sorted(map(str, plain.rows)) == sorted(map(str, by_len.rows))
+
+
+def test_phase_scores_are_the_restored_epochs():
+    """load_best_model_at_end restores the first epoch with the best validation macro-F1: its logged scores are the
+    phase's, without evaluating it again."""
+    import types
+
+    import train_eager_qat as t
+
+    log = [{"loss": 1.0, "epoch": 0.5}, {"eval_f1_macro": 0.7, "eval_accuracy": 0.8, "epoch": 1.0},
+           {"eval_f1_macro": 0.9, "eval_accuracy": 0.85, "epoch": 2.0}, {"eval_f1_macro": 0.9, "eval_accuracy": 0.9,
+                                                                         "epoch": 3.0}]
+    trainer = types.SimpleNamespace(state=types.SimpleNamespace(log_history=log), evaluate=lambda: pytest.fail("re-ran"))
+    assert t.best_epoch_eval(trainer) == log[2]
+
+
 # ---------------------------------------------------------------- phases and budgets
 
 
@@ -194,6 +258,12 @@ def test_default_recipe_records_both_phases(runs):
     assert len(fp32["curve"]["val_f1_macro"]) == 1 and fp32["curve"]["loss"]
     assert qat["curve"]["val_f1_macro"][0] == [0.0, qat["start_val_f1_macro"]]  # the start point at epoch 0
     assert i["val_f1_macro"] == qat["val_f1_macro"] >= qat["start_val_f1_macro"]
+    for phase in (fp32, qat):  # where the phase's time went
+        assert set(phase["time_s"]) == {"teacher", "start_eval", "train", "eval"}
+        assert 0 < phase["time_s"]["train"] + phase["time_s"]["teacher"] + phase["time_s"]["start_eval"] <= phase["wall_s"]
+    assert qat["time_s"]["teacher"] > 0 and qat["time_s"]["start_eval"] > 0 and fp32["time_s"]["start_eval"] < 0.01
+    two_epochs = info(runs, "fp32-vnni")["phases"]["fp32"]
+    assert two_epochs["val_f1_macro"] == max(f1 for _, f1 in two_epochs["curve"]["val_f1_macro"])
     quant = json.loads((runs["tmp"] / "models" / "recipe" / "quant_config.json").read_text())
     assert quant["reduce_range"] and quant["target_cpu"] == "portable"
 
