@@ -39,6 +39,8 @@ sys.path.insert(0, str(ROOT))
 NO_LATENCY = ["--latency-samples", "0"]  # this report uses no latency: the evaluations skip timing one text per call
 TARGETS = {"7bit": "portable", "8bit": "vnni"}  # weight setting -> train_eager_qat.py --target-cpu
 N_BOOT = 1000
+ABLATIONS = {"nodistill": "QAT phase without distillation (--distill-weight 0)",
+             "pretrained": "QAT from the pretrained model (--recipe qat-from-pretrained)"}
 
 
 def build_parser():
@@ -62,10 +64,11 @@ def build_parser():
                    help="keep an FP32 run already in --work-dir trained with this budget and seed instead of training "
                         "it again (its deploy steps still run); the QAT phase starts from it either way")
     p.add_argument("--from-files", action="store_true",
-                   help="train and evaluate nothing: the report of the runs already in --work-dir for --seeds and "
-                        "--settings (e.g. the seeds an interrupted benchmark finished)")
-    p.add_argument("--ablations", action="store_true",
-                   help="first seed, 7-bit: the QAT phase without distillation, and QAT from the pretrained model")
+                   help="train and evaluate no arm: the report of the runs already in --work-dir for --seeds and "
+                        "--settings (e.g. the seeds an interrupted benchmark finished); --ablations still train")
+    p.add_argument("--ablations", nargs="*", choices=list(ABLATIONS), default=None,
+                   help="first seed, 7-bit: the default recipe with a piece switched off: 'nodistill' (the QAT phase "
+                        "without distillation), 'pretrained' (QAT from the pretrained model); alone: both")
     p.add_argument("--report-name", default="ptq_vs_qat",
                    help="the report's file names in --out-dir: NAME.{md,json,png}; a hand reading is NAME_reading.md")
     p.add_argument("--work-dir", default=str(ROOT / "benchmarks" / ".cache" / "ptq_vs_qat"))
@@ -400,11 +403,12 @@ def ablation_lines(row: dict, ablation: dict) -> list[str]:
          "|---|---|---|---|---|---|---|",
          f"| default recipe (FP32 phase + distilled QAT phase) | {pct(row['qat_7bit']['f1_macro'])} | "
          f"{pct(row['qat_7bit']['accuracy'])} | {pct(row['qat_7bit']['agreement_with_source'], 1)} | "
-         f"{pct(row['qat_7bit']['val_f1_macro'])} | {row['qat_7bit']['kept']} | {row['qat_7bit']['phase_s']:.0f} |"]
-    names = {"nodistill": "QAT phase without distillation (--distill-weight 0)",
-             "pretrained": "QAT from the pretrained model (--recipe qat-from-pretrained)"}
+         f"{pct(row['qat_7bit']['val_f1_macro'])} | {row['qat_7bit']['kept']} | {row['qat_7bit']['phase_s']:.0f} |",
+         f"| no QAT: PTQ of the FP32 phase (agreement with FP32) | {pct(row['ptq_7bit']['f1_macro'])} | "
+         f"{pct(row['ptq_7bit']['accuracy'])} | {pct(row['ptq_7bit']['agreement_with_source'], 1)} | "
+         f"{pct(row['ptq_7bit']['start_val_f1_macro'] or row['ptq_7bit']['val_f1_macro'])} | | |"]
     for key, a in ablation.items():
-        L.append(f"| {names[key]} | {pct(a['f1_macro'])} | {pct(a['accuracy'])} | {pct(a['agreement_with_source'], 1)} | "
+        L.append(f"| {ABLATIONS[key]} | {pct(a['f1_macro'])} | {pct(a['accuracy'])} | {pct(a['agreement_with_source'], 1)} | "
                  f"{pct(a['val_f1_macro'])} | {a['kept']} | {a['phase_s']:.0f} |")
     return L + [""]
 
@@ -504,9 +508,13 @@ def run_ablation(r: Runner, seed: int) -> dict:
     """The default 7-bit recipe's pieces switched off, one at a time (first seed)."""
     ref = r.metrics(f"fp32-s{seed}")["eager_fp32"]
     out = {}
-    for key, flags in (("nodistill", ["--init-from", f"fp32-s{seed}", "--distill-weight", "0"]),
-                       ("pretrained", ["--recipe", "qat-from-pretrained"])):
-        run = f"qat-s{seed}-7bit-{key}"
+    trained_from = run_info(r.work, f"fp32-s{seed}")["model"]
+    if trained_from != r.args.model:  # e.g. --from-files over a work dir of another model
+        sys.exit(f"the runs in {r.work} were trained from --model {trained_from}: give that --model for the ablations")
+    flags_of = {"nodistill": ["--init-from", f"fp32-s{seed}", "--distill-weight", "0"],
+                "pretrained": ["--recipe", "qat-from-pretrained"]}
+    for key in r.args.ablations or ABLATIONS:
+        flags, run = flags_of[key], f"qat-s{seed}-7bit-{key}"
         r.train(run, seed, "--target-cpu", "portable", *flags)
         out[key] = {**summarize(r.deploy(run), ref, "eager_qat"), **training_record(r, run)}
     return out
@@ -524,7 +532,7 @@ def main():
         rows.append(run_seed(r, seed))
         # after every seed, so that an interrupted benchmark still leaves the seeds it finished
         write_report(rows, ablation, args, report_info(r, args), Path(args.out_dir), time.time() - t_start)
-    if args.ablations:
+    if args.ablations is not None:
         ablation = run_ablation(r, args.seeds[0])
         write_report(rows, ablation, args, report_info(r, args), Path(args.out_dir), time.time() - t_start)
 

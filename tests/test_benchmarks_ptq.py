@@ -3,6 +3,7 @@ is checked against numbers recomputed here from the runs' own files (predictions
 its paired statistics against a direct computation."""
 
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -177,3 +178,28 @@ def test_report_from_files_equals_the_measured_one(smoke, tmp_path):
                               for k, v in row.items()}
     assert drop_times(again) == drop_times(first)
     assert "train_eager_qat.py" not in proc.stdout  # nothing was trained or evaluated
+
+
+def test_ablation_alone_over_finished_arms(smoke, tmp_path):
+    """--from-files --ablations nodistill: trains that ablation only, next to arms read from their files untouched."""
+    work = tmp_path / "work"
+    shutil.copytree(smoke["work"], work)
+    shutil.rmtree(work / "models" / "qat-s7-7bit-nodistill")
+    arm_model = work / "models" / "qat-s7-7bit" / "model_qat_int8_dynamic.onnx"
+    before = arm_model.stat().st_mtime_ns
+    proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "ptq_vs_qat.py"), "--from-files", "--seeds", "7",
+                           "--max-length", "24", "--data-dir", str(work / "data"), "--work-dir", str(work),
+                           "--out-dir", str(tmp_path), "--report-name", "abl", "--settings", "7bit",
+                           "--ablations", "nodistill"], capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 1 and "trained from --model" in proc.stderr  # the arms' model, not the default
+    proc = subprocess.run(proc.args + ["--model", run_info(work, "fp32-s7")["model"]], capture_output=True, text=True,
+                          timeout=600)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    report = json.loads((tmp_path / "abl.json").read_text())
+    assert list(report["ablation"]) == ["nodistill"]
+    assert report["ablation"]["nodistill"]["f1_macro"] == metrics(work, "qat-s7-7bit-nodistill",
+                                                                    "onnx_int8_dynamic")["f1_macro"]
+    assert run_info(work, "qat-s7-7bit-nodistill")["phases"]["qat"]["distill_weight"] == 0
+    assert "recipe qat-from-pretrained" not in proc.stdout and arm_model.stat().st_mtime_ns == before
+    md = (tmp_path / "abl.md").read_text()
+    assert "PTQ of the FP32 phase" in md and "without distillation" in md
