@@ -179,11 +179,13 @@ def ptq_command(cfg: dict) -> str:
     for key, value in cfg.items():
         if key in ("work_dir", "out_dir", "smoke", "defaults") or defaults.get(key, value) == value or key not in defaults:
             continue
+        if value in (None, False) and defaults[key] in (None, False):  # an option off either way (e.g. --ablations)
+            continue
         opt = "--" + key.replace("_", "-")
         if isinstance(value, bool):
             args.append(opt if value else f"--no-{key.replace('_', '-')}")
         elif isinstance(value, list):
-            args.append(f"{opt} {' '.join(map(str, value))}")
+            args.append(f"{opt} {' '.join(map(str, value))}".rstrip())
         else:
             args.append(f"{opt} {relative_paths(str(value))}")
     return " ".join(["python benchmarks/ptq_vs_qat.py", *args])
