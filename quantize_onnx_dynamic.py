@@ -12,7 +12,7 @@ Otherwise the INT8 model is not written: ONNX Runtime's arithmetic drifted from 
 quantized otherwise than simulated. A --no-qat run has no simulation: its agreement with the FP32 model is printed
 for information. The result is recorded with the INT8 model's entry in models/<run>/lineage.json.
 
-    python quantize_onnx_dynamic.py [--run-name NAME] [--gate-rows 512] [--min-agreement 0.97] [--max-rel-logit-diff 0.6]
+    python quantize_onnx_dynamic.py [--run-name NAME] [--gate-rows 512] [--min-agreement 0.95] [--max-rel-logit-diff 0.6]
 """
 
 import json
@@ -36,12 +36,14 @@ VERIFIED_ONNXRUNTIME = "1.32.0"
 # FP32|: 0.034 on a MiniLM QAT run, ~0 on the tests' tiny BERT; with one setting of quantize_dynamic differing from the
 # simulation (reduce_range, per_channel or weight type flipped) 0.5-1.7 (~1.0 on MiniLM). Absolute logit differences
 # do not separate the two: they scale with the logits.
-# Labels: healthy runs of the 12-layer default (multilingual-e5-small) agree with their simulation on 97.5-100% of
-# SmSA rows (AMD EPYC AVX2 and VNNI, one text per batch and batches of 32: one flipped quantized value, from 1-ulp
-# differences of the FP32 kernels, cascades through the later layers), MiniLM runs on 98.4-100%. 0.97 passes every
-# healthy run measured and refuses a model that differs from what was trained on more than 3% of the rows (a run on
-# other data agreed on 95.7% and passed the earlier floor of 0.90).
-MIN_AGREEMENT = 0.97
+# Labels: how many rows one flipped quantized value (from 1-ulp differences of the FP32 kernels, cascading through
+# the later layers) changes depends on how many rows lie near a tie, so agreement varies between healthy models with
+# the same logit error: default-recipe QAT phases of the 12-layer default on SmSA (ptq_vs_qat_recipe, 512 validation
+# rows, batches of 32, AMD EPYC with VNNI) agreed on 98.8% and 99.6% (seed 1, 7- and 8-bit weights) and 96.5% (seed 2,
+# 7-bit) at relative logit errors of 0.18, 0.32 and 0.16; MiniLM runs on 98.4-100%. 0.95 passes these with a margin
+# and refuses a model that differs from what was trained on more than 1 row in 20; the relative logit criterion above
+# is the one that separates drift from healthy noise.
+MIN_AGREEMENT = 0.95
 # The 12-layer default is noisier: 0.39 in batches of 32 and 0.26 one text per batch (multilingual-e5-small with a
 # random 3-label head, 128 SmSA validation rows, AMD EPYC AVX2; rounding cascades, see benchmarks/fidelity_trace.py),
 # hence 0.6: below the drifts measured on MiniLM (~1.0) and most single-setting flips (0.5-1.7), above healthy runs.

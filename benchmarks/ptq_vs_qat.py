@@ -60,9 +60,9 @@ def build_parser():
                    help="as train_eager_qat.py --class-weight, for every arm")
     p.add_argument("--group-by-length", action="store_true", help="train with batches of similar length (every arm)")
     p.add_argument("--settings", nargs="+", choices=list(TARGETS), default=list(TARGETS), help="weight settings")
-    p.add_argument("--reuse-fp32", action="store_true",
-                   help="keep an FP32 run already in --work-dir trained with this budget and seed instead of training "
-                        "it again (its deploy steps still run); the QAT phase starts from it either way")
+    p.add_argument("--reuse", action="store_true",
+                   help="keep the runs already in --work-dir trained with this budget and seed (FP32 runs, and QAT "
+                        "phases started from them) instead of training them again; their deploy steps still run")
     p.add_argument("--from-files", action="store_true",
                    help="train and evaluate no arm: the report of the runs already in --work-dir for --seeds and "
                         "--settings (e.g. the seeds an interrupted benchmark finished); --ablations still train")
@@ -119,8 +119,8 @@ class Runner:
         a = self.args
         budget = [(f"--{k.replace('_', '-')}", getattr(a, k)) for k in ("epochs", "lr", "qat_epochs", "qat_lr",
                                                                        "distill_weight")]
-        if self.args.reuse_fp32 and "--no-qat" in flags and self.reusable(run, seed):
-            self.train_s[run] = run_info(self.work, run)["phases"]["fp32"]["wall_s"]
+        if self.args.reuse and self.reusable(run, seed, flags):
+            self.train_s[run] = sum(p["wall_s"] for p in run_info(self.work, run)["phases"].values())
             print(f"    reusing {run} (trained with this budget and seed)", flush=True)
             return
         self.train_s[run] = self.step(
@@ -129,15 +129,24 @@ class Runner:
             *[x for flag, v in budget if v is not None and flag not in flags for x in (flag, v)],
             *(["--group-by-length"] if a.group_by_length else []), *flags)
 
-    def reusable(self, run, seed) -> bool:
-        """An FP32 run in the work dir trained with this seed and budget (epochs and lr as given, or the defaults)."""
+    def reusable(self, run, seed, flags) -> bool:
+        """A run in the work dir trained as train() would train it now: this seed, data and budget (each phase's
+        options as given, or the defaults), and for a QAT phase the same start run and target CPU."""
         if not (self.work / "models" / run / "run_info.json").is_file():
             return False
-        a, info = self.args, run_info(self.work, run)
-        given = {k: getattr(a, k) for k in ("epochs", "lr") if getattr(a, k) is not None}
+        a, info, flags = self.args, run_info(self.work, run), list(map(str, flags))
         want = {"seed": seed, "n_train": a.max_train_samples, "max_length": a.max_length, "class_weight": a.class_weight,
-                "group_by_length": a.group_by_length, "batch_size": a.batch_size, "recipe": "fp32", **given}
-        return all(info.get(k) == v for k, v in want.items()) and not info.get("init_from")
+                "group_by_length": a.group_by_length, "batch_size": a.batch_size, "model": a.model}
+        if "--no-qat" in flags:
+            want.update(recipe="fp32", init_from=None)
+            phase, given = info["phases"].get("fp32", {}), {k: getattr(a, k) for k in ("epochs", "lr")}
+        else:
+            want.update(recipe="fp32-then-qat", init_from=flags[flags.index("--init-from") + 1],
+                        target_cpu=flags[flags.index("--target-cpu") + 1])
+            phase = info["phases"].get("qat", {})
+            given = {"epochs": a.qat_epochs, "lr": a.qat_lr, "distill_weight": a.distill_weight}
+        return (all(info.get(k) == v for k, v in want.items()) and bool(phase)
+                and all(phase.get(k) == v for k, v in given.items() if v is not None))
 
     def deploy(self, run, eager_stage="eager_qat"):
         """export, quantize, evaluate; returns {stage: metrics}"""
@@ -508,9 +517,12 @@ def run_ablation(r: Runner, seed: int) -> dict:
     """The default 7-bit recipe's pieces switched off, one at a time (first seed)."""
     ref = r.metrics(f"fp32-s{seed}")["eager_fp32"]
     out = {}
-    trained_from = run_info(r.work, f"fp32-s{seed}")["model"]
-    if trained_from != r.args.model:  # e.g. --from-files over a work dir of another model
-        sys.exit(f"the runs in {r.work} were trained from --model {trained_from}: give that --model for the ablations")
+    a, info = r.args, run_info(r.work, f"fp32-s{seed}")
+    given = {"model": a.model, "max_length": a.max_length, "batch_size": a.batch_size, "class_weight": a.class_weight,
+             "group_by_length": a.group_by_length}
+    differ = [f"{k} {info[k]} (given: {v})" for k, v in given.items() if info[k] != v]
+    if differ:  # e.g. --from-files over a work dir trained with other options: the ablations would not be comparable
+        sys.exit(f"the runs in {r.work} were trained with {', '.join(differ)}: give their options for the ablations")
     flags_of = {"nodistill": ["--init-from", f"fp32-s{seed}", "--distill-weight", "0"],
                 "pretrained": ["--recipe", "qat-from-pretrained"]}
     for key in r.args.ablations or ABLATIONS:

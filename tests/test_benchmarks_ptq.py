@@ -35,7 +35,7 @@ def smoke(tmp_path_factory):
     # --max-length, --seeds and the non-default flags given explicitly: the smoke mode must pass them on
     proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "ptq_vs_qat.py"), "--smoke", "--max-length", "24",
                            "--seeds", "7", "--group-by-length", "--class-weight", "none", "--distill-weight", "0.3",
-                           "--ablations", "--out-dir", str(out), "--work-dir", str(tmp / "work")],
+                           "--out-dir", str(out), "--work-dir", str(tmp / "work")],
                           capture_output=True, text=True, timeout=3600)  # a hang guard
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
     work = tmp / "work"
@@ -85,11 +85,9 @@ def test_arms_share_the_fp32_phase_and_quantize_for_their_target(smoke):
     assert ptq7["reduce_range"] and ptq7["target_cpu"] == "portable"
     if VNNI:
         assert not json.loads((w / "models" / "fp32-s7-8bit" / "quant_config.json").read_text())["reduce_range"]
-    for run in ("fp32-s7", "qat-s7-7bit", "qat-s7-7bit-nodistill", "qat-s7-7bit-pretrained"):
+    for run in ("fp32-s7", "qat-s7-7bit"):
         i = run_info(w, run)
         assert i["max_length"] == 24 and i["seed"] == 7 and i["group_by_length"] and i["class_weight"] == "none", run
-    assert run_info(w, "qat-s7-7bit-nodistill")["phases"]["qat"]["distill_weight"] == 0
-    assert run_info(w, "qat-s7-7bit-pretrained")["recipe"] == "qat-from-pretrained"
 
 
 def test_paired_statistics_recomputed(smoke):
@@ -142,7 +140,7 @@ def test_seed_spread_widens_the_interval():
 def test_report_generated_and_reading_kept(smoke):
     out = smoke["out"]
     md = (out / "ptq_vs_qat.md").read_text()
-    for fragment in ("## Paired differences", "McNemar", "## Targets", "## Training time", "## Ablation",
+    for fragment in ("## Paired differences", "McNemar", "## Targets", "## Training time",
                      "max length 24, plain cross-entropy", "distillation weight 0.3"):
         assert fragment in md, fragment
     assert "[ptq_vs_qat_reading.md](ptq_vs_qat_reading.md)" in md
@@ -180,26 +178,59 @@ def test_report_from_files_equals_the_measured_one(smoke, tmp_path):
     assert "train_eager_qat.py" not in proc.stdout  # nothing was trained or evaluated
 
 
-def test_ablation_alone_over_finished_arms(smoke, tmp_path):
-    """--from-files --ablations nodistill: trains that ablation only, next to arms read from their files untouched."""
+def test_ablations_over_finished_arms(smoke, tmp_path):
+    """--from-files --ablations: trains the ablations only, next to arms read from their files untouched."""
     work = tmp_path / "work"
     shutil.copytree(smoke["work"], work)
-    shutil.rmtree(work / "models" / "qat-s7-7bit-nodistill")
     arm_model = work / "models" / "qat-s7-7bit" / "model_qat_int8_dynamic.onnx"
     before = arm_model.stat().st_mtime_ns
     proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "ptq_vs_qat.py"), "--from-files", "--seeds", "7",
                            "--max-length", "24", "--data-dir", str(work / "data"), "--work-dir", str(work),
                            "--out-dir", str(tmp_path), "--report-name", "abl", "--settings", "7bit",
-                           "--ablations", "nodistill"], capture_output=True, text=True, timeout=600)
-    assert proc.returncode == 1 and "trained from --model" in proc.stderr  # the arms' model, not the default
-    proc = subprocess.run(proc.args + ["--model", run_info(work, "fp32-s7")["model"]], capture_output=True, text=True,
-                          timeout=600)
+                           "--ablations"], capture_output=True, text=True, timeout=600)
+    # the arms' options, not the defaults: the ablations must differ from them in the piece switched off only
+    assert proc.returncode == 1 and "trained with model" in proc.stderr and "class_weight none" in proc.stderr
+    proc = subprocess.run(proc.args + ["--model", run_info(work, "fp32-s7")["model"], "--group-by-length",
+                                       "--class-weight", "none", "--distill-weight", "0.3"],
+                          capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
     report = json.loads((tmp_path / "abl.json").read_text())
-    assert list(report["ablation"]) == ["nodistill"]
-    assert report["ablation"]["nodistill"]["f1_macro"] == metrics(work, "qat-s7-7bit-nodistill",
-                                                                    "onnx_int8_dynamic")["f1_macro"]
+    assert list(report["ablation"]) == ["nodistill", "pretrained"]
+    for key in report["ablation"]:
+        assert report["ablation"][key]["f1_macro"] == metrics(work, f"qat-s7-7bit-{key}", "onnx_int8_dynamic")["f1_macro"]
     assert run_info(work, "qat-s7-7bit-nodistill")["phases"]["qat"]["distill_weight"] == 0
-    assert "recipe qat-from-pretrained" not in proc.stdout and arm_model.stat().st_mtime_ns == before
+    for key in report["ablation"]:
+        i = run_info(work, f"qat-s7-7bit-{key}")
+        assert i["max_length"] == 24 and i["seed"] == 7 and i["group_by_length"] and i["class_weight"] == "none", key
+    assert run_info(work, "qat-s7-7bit-nodistill")["init_from"] == "fp32-s7"
+    assert run_info(work, "qat-s7-7bit-pretrained")["recipe"] == "qat-from-pretrained"
+    assert arm_model.stat().st_mtime_ns == before and "--run-name qat-s7-7bit --seed" not in proc.stdout
     md = (tmp_path / "abl.md").read_text()
-    assert "PTQ of the FP32 phase" in md and "without distillation" in md
+    assert "PTQ of the FP32 phase" in md and "without distillation" in md and "from the pretrained model" in md
+
+
+def test_reuse_keeps_only_runs_trained_as_asked(smoke, monkeypatch):
+    """--reuse keeps a run only when it was trained with this seed, data, budget, start run and target CPU."""
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    import ptq_vs_qat
+
+    monkeypatch.setattr(ptq_vs_qat, "has_vnni", lambda: True, raising=False)
+    w = smoke["work"]
+    base = ["--reuse", "--work-dir", str(w), "--model", run_info(w, "fp32-s7")["model"], "--max-length", "24",
+            "--group-by-length", "--class-weight", "none", "--distill-weight", "0.3", "--max-train-samples", "200",
+            "--epochs", "1", "--lr", "2e-3", "--qat-epochs", "1", "--qat-lr", "1e-3"]
+    qat_flags = ["--init-from", "fp32-s7", "--target-cpu", "portable"]
+
+    def reusable(run, seed, flags, *extra):
+        return ptq_vs_qat.Runner(ptq_vs_qat.parse_args(base + list(extra))).reusable(run, seed, flags)
+
+    assert reusable("fp32-s7", 7, ["--no-qat", "--target-cpu", "portable"])
+    assert reusable("qat-s7-7bit", 7, qat_flags)
+    assert not reusable("fp32-s7", 8, ["--no-qat"])  # another seed
+    assert not reusable("fp32-s7", 7, ["--no-qat"], "--epochs", "2")  # another FP32 budget
+    assert not reusable("qat-s7-7bit", 7, qat_flags, "--qat-lr", "1e-4")  # another QAT budget
+    assert not reusable("qat-s7-7bit", 7, qat_flags, "--distill-weight", "0")
+    assert not reusable("qat-s7-7bit", 7, ["--init-from", "fp32-s7", "--target-cpu", "vnni"])  # another target
+    assert not reusable("qat-s7-7bit", 7, ["--init-from", "fp32-s8", "--target-cpu", "portable"])  # another start
+    assert not reusable("qat-s7-7bit", 7, qat_flags, "--max-length", "32")
+    assert not reusable("qat-s9-7bit", 9, qat_flags)  # not trained
