@@ -31,9 +31,11 @@ def main():
     run = load_run(args)
     qcfg = QuantConfig(**run.quant)
     fake_quant = qcfg.qat if args.fake_quant is None else args.fake_quant
-    # What this stage measures: the weights and config (+ the quantization settings it simulates), hashed before
-    # they are loaded, so a file replaced in between is not measured under the old hash.
-    lineage = file_hashes(run.dir, [STATE_DICT_FILE, "config.json"] + ([QUANT_CONFIG_FILE] if fake_quant else []))
+    # What this stage measures: the weights and config, hashed before they are loaded, so a file replaced in between
+    # is not measured under the old hash; + the quantization settings it simulates, as the Run read them.
+    lineage = file_hashes(run.dir, [STATE_DICT_FILE, "config.json"])
+    if fake_quant:
+        lineage[QUANT_CONFIG_FILE] = run.quant_sha256
     model = load_run_model(run.dir)
     check_unchanged(run.dir, lineage)
     if fake_quant:

@@ -30,7 +30,8 @@ from pathlib import Path
 
 import numpy as np
 
-from common import INT8_FILE, PipelineError, check_int8_cpu, check_unchanged, make_batches, verify_lineage
+from common import (INT8_FILE, QUANT_CONFIG_FILE, PipelineError, check_int8_cpu, check_unchanged, make_batches,
+                    verify_lineage)
 from run import Run
 from runtime import ort_predict_fn, ort_session, softmax  # noqa: F401  (softmax: for the Predictor's callers)
 
@@ -64,6 +65,8 @@ class Predictor:
         # The model must be made from this run's current weights and config (not left over from an earlier
         # training); lineage[model_file] is its sha256, taken before the session reads the file and checked after.
         self.lineage = verify_lineage(self.run_dir, model_file)
+        if QUANT_CONFIG_FILE in self.lineage:  # the settings checked above are those the model was quantized with
+            self.run.check_quant_is(self.lineage[QUANT_CONFIG_FILE])
         self.tokenizer = AutoTokenizer.from_pretrained(self.run_dir)
         # A fast tokenizer's truncation settings are mutable state: concurrent calls can fail ("Already borrowed").
         self._tokenizer_lock = threading.Lock()

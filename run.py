@@ -7,6 +7,7 @@ parsed arguments. Predictor, serve.py, predict.py and the Spark workers load the
 
 from __future__ import annotations
 
+import hashlib
 import json
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -27,6 +28,7 @@ class Run:
     label_column: str
     quant: dict = field(repr=False)  # quant_config.json
     info: dict = field(repr=False)  # run_info.json, as training wrote it
+    quant_sha256: str = field(default="", repr=False)  # of the quant_config.json bytes that quant was parsed from
 
     @property
     def name(self) -> str:
@@ -44,6 +46,13 @@ class Run:
         """A file of the run that must exist; a missing one names the step that writes it."""
         return require_file(self.dir / name, PRODUCERS.get(name, "train_eager_qat.py"))
 
+    def check_quant_is(self, sha256: str) -> None:
+        """Refuse when the quant_config.json a model was made from (sha256, from its lineage) is not the one this Run
+        read: the file was replaced after the Run was loaded (e.g. the run re-quantized for another target)."""
+        if sha256 != self.quant_sha256:
+            raise PipelineError(f"{self.dir / QUANT_CONFIG_FILE} changed since this run was read (re-trained or "
+                                f"re-quantized meanwhile): load the run again")
+
     def test_file_sha256(self) -> str:
         return sha256_file(require_file(Path(self.data_dir) / "test.csv", "prepare_data.py"))
 
@@ -57,7 +66,8 @@ class Run:
         info_path = require_file(folder / RUN_INFO_FILE, "train_eager_qat.py")
         try:
             info = json.loads(info_path.read_text())
-            quant = json.loads(require_file(folder / QUANT_CONFIG_FILE, "train_eager_qat.py").read_text())
+            quant_bytes = require_file(folder / QUANT_CONFIG_FILE, "train_eager_qat.py").read_bytes()
+            quant = json.loads(quant_bytes)
         except ValueError as e:
             raise PipelineError(f"{folder}: run_info.json or quant_config.json is corrupt ({e}): re-run "
                                 f"train_eager_qat.py for this run")
@@ -68,7 +78,7 @@ class Run:
         run = cls(dir=folder, results_dir=Path(results_dir) if results_dir else RESULTS_DIR / folder.name,
                   labels=tuple(labels), input_names=tuple(info["input_names"]), max_length=int(info["max_length"]),
                   data_dir=str(info["data_dir"]), text_column=info["text_column"], label_column=info["label_column"],
-                  quant=quant, info=info)
+                  quant=quant, info=info, quant_sha256=hashlib.sha256(quant_bytes).hexdigest())
         given = {k: v for k, v in overrides.items() if v is not None}
         if given.get("max_length") is not None and given["max_length"] < 1:
             raise PipelineError(f"--max-length {given['max_length']}: use at least 1 token")

@@ -3,6 +3,7 @@ Predictor(per_text=True), rows without text, worker processes, kill and resume, 
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -13,7 +14,9 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from helpers import ROOT, SMSA, run_step, run_steps, tiny_workspace, train_tiny
+from helpers import ROOT, SMSA, record_as_current, run_step, run_steps, tiny_workspace, train_tiny
+
+from common import PipelineError
 
 PROB = ["pred_prob_negative", "pred_prob_positive"]
 ADDED = ["pred_status", "pred_label", "pred_score", *PROB]
@@ -385,3 +388,50 @@ def test_batch_scoring_benchmark_smoke(tiny, tmp_path):
     assert not data["resume"]["output_existed_before_completion"]
     assert set(data["targets"]) == {"speedup", "memory", "resume"}
     assert "## Targets" in (tmp_path / "batch_scoring.md").read_text()
+
+
+def reformatted_quant_config(run_dir):
+    """quant_config.json rewritten with the same settings in other bytes (as a re-quantization would replace it)."""
+    path = run_dir / "quant_config.json"
+    path.write_text(json.dumps(json.loads(path.read_text()), indent=4, sort_keys=True) + "\n")
+
+
+def test_a_run_read_before_its_quant_config_changed_is_refused(tiny, tmp_path):
+    """A Run read, then quant_config.json replaced and the INT8 model re-made from it: the settings that Run would
+    check the CPU against are not the model's, so Predictor refuses that Run (a fresh read serves)."""
+    from predictor import Predictor
+    from run import Run
+
+    run_dir = tmp_path / "tiny"
+    shutil.copytree(tiny["run"], run_dir)
+    stale = Run.load(run_dir)
+    reformatted_quant_config(run_dir)
+    record_as_current(run_dir)
+    with pytest.raises(PipelineError, match="changed since this run was read"):
+        Predictor(stale)
+    assert Predictor(run_dir).predict("bagus")["label"] in tiny_labels(run_dir)
+
+
+def tiny_labels(run_dir):
+    return json.loads((run_dir / "run_info.json").read_text())["labels"]
+
+
+def test_eager_evaluation_hashes_the_quant_config_it_simulates(tiny, tmp_path, monkeypatch):
+    """quant_config.json replaced right after the run was read: the evaluation would record the new file's hash for
+    the settings it read from the old one, so it refuses."""
+    import eval_eager_qat
+    from run import Run
+
+    run_dir = tmp_path / "tiny"
+    shutil.copytree(tiny["run"], run_dir)
+
+    def load_then_replace(args):
+        run = Run.load(run_dir, tmp_path / "results")
+        reformatted_quant_config(run_dir)
+        return run
+
+    monkeypatch.setattr(eval_eager_qat, "load_run", load_then_replace)
+    monkeypatch.setattr(sys, "argv", ["eval_eager_qat.py", "--fake-quant", "--latency-samples", "0"])
+    with pytest.raises(PipelineError, match="changed while this step read it"):
+        eval_eager_qat.main()
+    assert not (tmp_path / "results").exists()
