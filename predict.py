@@ -404,8 +404,9 @@ class StdoutSink:
 
 def input_identity(path: str) -> dict:
     """The input by content (a byte changed in place, size and time kept, is another input): one read of the file,
-    small beside scoring it."""
-    return {"size": os.stat(path).st_size, "sha256": sha256_file(path)}
+    small beside scoring it. Taken before the input is opened and again before the output is finished, so it is the
+    hash of what was read. Standard input has none (it cannot be resumed)."""
+    return {"stdin": True} if path == "-" else {"size": os.stat(path).st_size, "sha256": sha256_file(path)}
 
 
 def side_files(output: Path) -> list[Path]:
@@ -530,14 +531,14 @@ def check_columns(reader, first, args, labels) -> None:
     check_no_collision(columns, labels, args.prefix)
 
 
-def open_output(args, rdir: Path, fmt: str, schema):
+def open_output(args, rdir: Path, fmt: str, schema, input_id: dict):
     """The sink to write to and the recorded state of the run to resume (None: start at the first chunk)."""
     if args.output == "-":
         return StdoutSink(schema), None, None
     output = Path(args.output)
     output.parent.mkdir(parents=True, exist_ok=True)
     settings = {k: getattr(args, k) for k in ("text_column", "prefix", "batch_size", "chunk_rows", "max_chars")}
-    identity = {"input": input_identity(args.input), "model_sha256": model_sha256(rdir),
+    identity = {"input": input_id, "model_sha256": model_sha256(rdir),
                 "settings": {**settings, "format": fmt}}
     state = load_resume_state(output, identity, args.resume)
     if fmt == "parquet":
@@ -555,12 +556,13 @@ def run_local(args, rdir: Path) -> dict:
     threads = args.threads or max(1, (os.cpu_count() or 1) // args.workers)
     predictor = Predictor(rdir, threads=threads, batch_size=args.batch_size, per_text=args.batch_size == 1)
     labels = list(predictor.labels)
+    input_id = input_identity(args.input)  # before the first byte is read
     reader = open_input(args.input, fmt, args.chunk_rows)
     chunks = iter(reader.chunks())
     first = next(chunks, None)
     check_columns(reader, first, args, labels)
     schema = reader.output_schema(labels, args.prefix) if fmt == "parquet" else None
-    sink, state, output = open_output(args, rdir, fmt, schema)
+    sink, state, output = open_output(args, rdir, fmt, schema, input_id)
     if args.workers == 1:
         scorer = LocalScorer(predictor, args.prefix, reader.null_is_empty, args.max_chars)
     else:
@@ -608,6 +610,9 @@ def score_chunks(args, reader, head, chunks, scorer, sink, state, output, labels
                 write_json(Path(f"{output}.progress.json"), state)
             scored += len(cols[status])
             bar.update(len(cols[status]))
+        if output is not None and input_identity(args.input) != state["identity"]["input"]:
+            raise PipelineError(f"{args.input} changed while it was scored (its rows would mix two versions): "
+                                f"run again without --resume")
         sink.finish()
     finally:
         bar.close()

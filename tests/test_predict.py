@@ -435,3 +435,42 @@ def test_eager_evaluation_hashes_the_quant_config_it_simulates(tiny, tmp_path, m
     with pytest.raises(PipelineError, match="changed while this step read it"):
         eval_eager_qat.main()
     assert not (tmp_path / "results").exists()
+
+
+def test_an_input_changed_while_scored_is_refused(tiny, csv_input, tmp_path, monkeypatch):
+    """A byte of the input changed after its first chunk was read: the output would mix two versions of the file,
+    so it is not finished, and --resume refuses the changed input."""
+    import predict as predict_py
+
+    src = tmp_path / "in.csv"
+    shutil.copy(csv_input["path"], src)
+    out = tmp_path / "out.csv"
+    args = ["--run-name", str(tiny["run"]), "--input", str(src), "--output", str(out), "--chunk-rows", "40",
+            "--prefix", "pred_", "--no-progress", "--threads", "1"]
+    real_map = predict_py.LocalScorer.map
+
+    def change_after_first_chunk(self, items):
+        for i, result in enumerate(real_map(self, items)):
+            if i == 0:
+                data = src.read_bytes()
+                src.write_bytes(data[:-3] + bytes([data[-3] ^ 1]) + data[-2:])  # same size, one byte
+            yield result
+
+    monkeypatch.setattr(predict_py.LocalScorer, "map", change_after_first_chunk)
+    with pytest.raises(PipelineError, match="changed while it was scored"):
+        predict_py.main(args)
+    monkeypatch.undo()
+    assert not out.exists()
+    with pytest.raises(PipelineError, match="another input"):
+        predict_py.main(args + ["--resume"])
+    predict_py.main(args)  # started over: the file as it is now
+    assert len(pd.read_csv(out)) == 230
+
+
+def test_stdin_to_a_file(tiny, csv_input, tmp_path):
+    out = tmp_path / "out.csv"
+    proc = subprocess.run([sys.executable, str(ROOT / "predict.py"), "--run-name", str(tiny["run"]), "--input", "-",
+                           "--output", str(out), "--format", "csv", "--prefix", "pred_", "--no-progress"],
+                          stdin=open(csv_input["path"], "rb"), capture_output=True, text=True, env=tiny["env"])
+    assert proc.returncode == 0, proc.stderr[-1500:]
+    assert len(pd.read_csv(out)) == 230
