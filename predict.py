@@ -556,7 +556,7 @@ def run_local(args, rdir: Path) -> dict:
     threads = args.threads or max(1, (os.cpu_count() or 1) // args.workers)
     predictor = Predictor(rdir, threads=threads, batch_size=args.batch_size, per_text=args.batch_size == 1)
     labels = list(predictor.labels)
-    input_id = input_identity(args.input)  # before the first byte is read
+    input_id = input_identity(args.input) if args.output != "-" else None  # before the first byte is read
     reader = open_input(args.input, fmt, args.chunk_rows)
     chunks = iter(reader.chunks())
     first = next(chunks, None)

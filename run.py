@@ -49,6 +49,8 @@ class Run:
     def check_quant_is(self, sha256: str) -> None:
         """Refuse when the quant_config.json a model was made from (sha256, from its lineage) is not the one this Run
         read: the file was replaced after the Run was loaded (e.g. the run re-quantized for another target)."""
+        if not self.quant_sha256:
+            raise PipelineError("this Run was not read by Run.load (no hash of its quant_config.json): use Run.load")
         if sha256 != self.quant_sha256:
             raise PipelineError(f"{self.dir / QUANT_CONFIG_FILE} changed since this run was read (re-trained or "
                                 f"re-quantized meanwhile): load the run again")

@@ -137,8 +137,9 @@ def subsample(split, n, seed):
 
 class EncodedDataset:
     """Tokenized texts without padding; DataCollatorWithPadding pads each batch. by_length: rows shortest first, for
-    the splits only evaluated (their scores do not depend on row order, and batches of similar length pad less:
-    SmSA's validation split pads to about half the tokens)."""
+    the splits only evaluated: batches of similar length pad less (SmSA's validation split: about half the tokens).
+    FP32 scores do not depend on the batching; fake-quantized ones do a little (one activation scale per batch
+    tensor, padding included), and less padding is closer to the deployed model scoring one text at a time."""
 
     def __init__(self, split, tokenizer, input_names, label2id, max_length, by_length=False):
         enc = tokenizer(split.texts, truncation=True, max_length=max_length)
@@ -256,15 +257,12 @@ def teacher_logits(model, dataset, collator, batch_size: int) -> np.ndarray:
 
     model.eval()
     order = sorted(range(len(dataset)), key=lambda i: len(next(iter(dataset[i].values()))))
-    logits = None
+    logits = np.empty((len(dataset), model.config.num_labels), dtype=np.float32)
     with torch.inference_mode():
         for start in range(0, len(order), batch_size):
             rows = order[start:start + batch_size]
             batch = collator([{k: v for k, v in dataset[i].items() if k != "labels"} for i in rows])
-            out = model(**{k: v.to(model.device) for k, v in batch.items()}).logits.float().cpu().numpy()
-            if logits is None:
-                logits = np.empty((len(dataset), out.shape[1]), dtype=np.float32)
-            logits[rows] = out
+            logits[rows] = model(**{k: v.to(model.device) for k, v in batch.items()}).logits.float().cpu().numpy()
     return logits
 
 
@@ -382,7 +380,7 @@ def train_phase(phase: Phase, model, data: dict, args, qcfg: QuantConfig, weight
     t1 = time.perf_counter()
     start = trainer.evaluate() if phase.qat else None
     time_s["start_eval"] = time.perf_counter() - t1
-    time_s["train"] = trainer.train().metrics["train_runtime"]  # its epoch evaluations and checkpoints included
+    train_runtime = trainer.train().metrics["train_runtime"]
     curve = training_curve(trainer.state.log_history)
     if start is not None:  # the QAT phase's start point (PTQ of the starting weights) at epoch 0
         curve["val_f1_macro"].insert(0, [0.0, start["eval_f1_macro"]])
@@ -396,8 +394,10 @@ def train_phase(phase: Phase, model, data: dict, args, qcfg: QuantConfig, weight
                 trainer.model.load_state_dict(start_state)
             record.update(val_accuracy=start["eval_accuracy"], val_f1_macro=start["eval_f1_macro"], kept="start")
     record["wall_s"] = time.perf_counter() - t0  # the whole phase: teacher logits, evaluations and training
-    record["time_s"] = {**time_s, "eval": sum(h["eval_runtime"] for h in trainer.state.log_history
-                                              if "eval_runtime" in h) + time_s["start_eval"]}
+    epoch_evals = sum(h["eval_runtime"] for h in trainer.state.log_history if "eval_runtime" in h)
+    # where the phase's time went: teacher pass, evaluation of the start, training steps (with checkpoints), and the
+    # evaluation after each epoch (inside the Trainer's train_runtime, taken out of it here)
+    record["time_s"] = {**time_s, "train_steps": train_runtime - epoch_evals, "epoch_evals": epoch_evals}
     record["curve"] = curve
     print(f"{phase.name} phase: validation accuracy {record['val_accuracy']:.4f}, macro-F1 {record['val_f1_macro']:.4f}"
           + (f" (start point {start['eval_f1_macro']:.4f}: kept the {record['kept']} weights)" if start else ""))

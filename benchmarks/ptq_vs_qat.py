@@ -31,6 +31,7 @@ import statistics
 import subprocess
 import sys
 import time
+from dataclasses import asdict
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -104,6 +105,7 @@ class Runner:
         self.common = ["--data-dir", args.data_dir, "--max-length", str(args.max_length),
                        "--batch-size", str(args.batch_size)]
         self.train_s: dict[str, float] = {}
+        self.trained: set[str] = set()  # runs trained by this invocation (a QAT phase started from one is retrained)
 
     def step(self, script, *extra) -> float:
         t0 = time.time()
@@ -115,38 +117,46 @@ class Runner:
         print(f"    {script} {' '.join(map(str, extra))} ({elapsed:.0f}s)", flush=True)
         return elapsed
 
-    def train(self, run, seed, *flags):
+    def train_argv(self, run, seed, flags) -> list:
+        """train_eager_qat.py's arguments for this run (besides the data options every step gets)."""
         a = self.args
         budget = [(f"--{k.replace('_', '-')}", getattr(a, k)) for k in ("epochs", "lr", "qat_epochs", "qat_lr",
                                                                        "distill_weight")]
-        if self.args.reuse and self.reusable(run, seed, flags):
+        return ["--model", a.model, "--run-name", run, "--seed", seed, "--max-train-samples", a.max_train_samples,
+                "--class-weight", a.class_weight,
+                *[x for flag, v in budget if v is not None and flag not in flags for x in (flag, v)],
+                *(["--group-by-length"] if a.group_by_length else []), *flags]
+
+    def train(self, run, seed, *flags):
+        start = next((flags[i + 1] for i, f in enumerate(flags) if f == "--init-from"), None)
+        if self.args.reuse and start not in self.trained and not self.mismatches(run, seed, flags):
             self.train_s[run] = sum(p["wall_s"] for p in run_info(self.work, run)["phases"].values())
             print(f"    reusing {run} (trained with this budget and seed)", flush=True)
             return
-        self.train_s[run] = self.step(
-            "train_eager_qat.py", "--model", a.model, "--run-name", run, "--seed", seed,
-            "--max-train-samples", a.max_train_samples, "--class-weight", a.class_weight,
-            *[x for flag, v in budget if v is not None and flag not in flags for x in (flag, v)],
-            *(["--group-by-length"] if a.group_by_length else []), *flags)
+        self.train_s[run] = self.step("train_eager_qat.py", *self.train_argv(run, seed, flags))
+        self.trained.add(run)
 
-    def reusable(self, run, seed, flags) -> bool:
-        """A run in the work dir trained as train() would train it now: this seed, data and budget (each phase's
-        options as given, or the defaults), and for a QAT phase the same start run and target CPU."""
+    def mismatches(self, run, seed, flags) -> list[str]:
+        """How the run in the work dir differs from what train() would train now: model, seed, data, length, every
+        phase's budget, start run and (QAT) target CPU, each as given or train_eager_qat.py's default."""
+        import train_eager_qat
+
         if not (self.work / "models" / run / "run_info.json").is_file():
-            return False
-        a, info, flags = self.args, run_info(self.work, run), list(map(str, flags))
-        want = {"seed": seed, "n_train": a.max_train_samples, "max_length": a.max_length, "class_weight": a.class_weight,
-                "group_by_length": a.group_by_length, "batch_size": a.batch_size, "model": a.model}
-        if "--no-qat" in flags:
-            want.update(recipe="fp32", init_from=None)
-            phase, given = info["phases"].get("fp32", {}), {k: getattr(a, k) for k in ("epochs", "lr")}
-        else:
-            want.update(recipe="fp32-then-qat", init_from=flags[flags.index("--init-from") + 1],
-                        target_cpu=flags[flags.index("--target-cpu") + 1])
-            phase = info["phases"].get("qat", {})
-            given = {"epochs": a.qat_epochs, "lr": a.qat_lr, "distill_weight": a.distill_weight}
-        return (all(info.get(k) == v for k, v in want.items()) and bool(phase)
-                and all(phase.get(k) == v for k, v in given.items() if v is not None))
+            return [f"{run} is not trained"]
+        t = train_eager_qat.parse_args(list(map(str, [*self.common, *self.train_argv(run, seed, flags)])))
+        info = run_info(self.work, run)
+        want = {"model": t.model, "seed": t.seed, "n_train": t.max_train_samples, "max_length": t.max_length,
+                "batch_size": t.batch_size, "class_weight": t.class_weight, "group_by_length": t.group_by_length,
+                "data_dir": str(Path(t.data_dir).resolve()), "recipe": "fp32" if t.no_qat else t.recipe,
+                "init_from": t.init_from}
+        if not t.no_qat:  # an FP32 run's weights do not depend on it (its INT8 model is re-quantized per setting)
+            want["target_cpu"] = t.target_cpu
+        out = [f"{k} {info.get(k)} (now {v})" for k, v in want.items() if info.get(k) != v]
+        for phase in train_eager_qat.phases_of(t):
+            rec = info["phases"].get(phase.name, {})
+            out += [f"{phase.name} phase {k} {rec.get(k)} (now {v})" for k, v in asdict(phase).items()
+                    if k != "name" and rec.get(k) != v]
+        return out
 
     def deploy(self, run, eager_stage="eager_qat"):
         """export, quantize, evaluate; returns {stage: metrics}"""
@@ -415,7 +425,7 @@ def ablation_lines(row: dict, ablation: dict) -> list[str]:
          f"{pct(row['qat_7bit']['val_f1_macro'])} | {row['qat_7bit']['kept']} | {row['qat_7bit']['phase_s']:.0f} |",
          f"| no QAT: PTQ of the FP32 phase (agreement with FP32) | {pct(row['ptq_7bit']['f1_macro'])} | "
          f"{pct(row['ptq_7bit']['accuracy'])} | {pct(row['ptq_7bit']['agreement_with_source'], 1)} | "
-         f"{pct(row['ptq_7bit']['start_val_f1_macro'] or row['ptq_7bit']['val_f1_macro'])} | | |"]
+         f"{pct(row['qat_7bit']['start_val_f1_macro'])} | | |"]  # the QAT phase's start: PTQ of the same weights
     for key, a in ablation.items():
         L.append(f"| {ABLATIONS[key]} | {pct(a['f1_macro'])} | {pct(a['accuracy'])} | {pct(a['agreement_with_source'], 1)} | "
                  f"{pct(a['val_f1_macro'])} | {a['kept']} | {a['phase_s']:.0f} |")
@@ -517,12 +527,12 @@ def run_ablation(r: Runner, seed: int) -> dict:
     """The default 7-bit recipe's pieces switched off, one at a time (first seed)."""
     ref = r.metrics(f"fp32-s{seed}")["eager_fp32"]
     out = {}
-    a, info = r.args, run_info(r.work, f"fp32-s{seed}")
-    given = {"model": a.model, "max_length": a.max_length, "batch_size": a.batch_size, "class_weight": a.class_weight,
-             "group_by_length": a.group_by_length}
-    differ = [f"{k} {info[k]} (given: {v})" for k, v in given.items() if info[k] != v]
+    arms = {f"fp32-s{seed}": ["--no-qat", "--target-cpu", "portable"],
+            f"qat-s{seed}-7bit": ["--init-from", f"fp32-s{seed}", "--target-cpu", "portable"]}
+    differ = [f"{run}: {d}" for run, flags in arms.items() for d in r.mismatches(run, seed, flags)]
     if differ:  # e.g. --from-files over a work dir trained with other options: the ablations would not be comparable
-        sys.exit(f"the runs in {r.work} were trained with {', '.join(differ)}: give their options for the ablations")
+        sys.exit(f"the ablations would differ from the default recipe's runs in {r.work} in more than the piece "
+                 f"switched off ({'; '.join(differ)}): give the options those runs were trained with")
     flags_of = {"nodistill": ["--init-from", f"fp32-s{seed}", "--distill-weight", "0"],
                 "pretrained": ["--recipe", "qat-from-pretrained"]}
     for key in r.args.ablations or ABLATIONS:

@@ -175,12 +175,12 @@ def ptq_command(cfg: dict) -> str:
         defaults = None
     if defaults is None:
         return f"python benchmarks/ptq_vs_qat.py --report-name {cfg.get('report_name', 'ptq_vs_qat')}"
-    args = []
+    args = ["--reuse"] if cfg.get("reuse_fp32") else []  # the option's earlier name
     for key, value in cfg.items():
         if key in ("work_dir", "out_dir", "smoke", "defaults") or defaults.get(key, value) == value or key not in defaults:
             continue
-        if value in (None, False) and defaults[key] in (None, False):  # an option off either way (e.g. --ablations)
-            continue
+        if (value is None or value is False) and (defaults[key] is None or defaults[key] is False):
+            continue  # an option off either way (e.g. --ablations)
         opt = "--" + key.replace("_", "-")
         if isinstance(value, bool):
             args.append(opt if value else f"--no-{key.replace('_', '-')}")

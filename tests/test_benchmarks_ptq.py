@@ -24,6 +24,9 @@ ARMS = {  # report key -> (run, source stage): the FP32 run is quantized with 7-
     **({"ptq_8bit": ("fp32-s7-8bit", "eager_fp32"), "qat_8bit": ("qat-s7-8bit", "eager_qat")} if VNNI else {}),
 }
 READING = "hand-written reading: must survive a rerun\n"
+# the budget --smoke trains with, and the options the smoke run gives: what a later call over its runs must repeat
+SMOKE_OPTIONS = ["--max-length", "24", "--group-by-length", "--class-weight", "none", "--distill-weight", "0.3",
+                 "--max-train-samples", "200", "--epochs", "1", "--lr", "2e-3", "--qat-epochs", "1", "--qat-lr", "1e-3"]
 
 
 @pytest.fixture(scope="module")
@@ -189,9 +192,10 @@ def test_ablations_over_finished_arms(smoke, tmp_path):
                            "--out-dir", str(tmp_path), "--report-name", "abl", "--settings", "7bit",
                            "--ablations"], capture_output=True, text=True, timeout=600)
     # the arms' options, not the defaults: the ablations must differ from them in the piece switched off only
-    assert proc.returncode == 1 and "trained with model" in proc.stderr and "class_weight none" in proc.stderr
-    proc = subprocess.run(proc.args + ["--model", run_info(work, "fp32-s7")["model"], "--group-by-length",
-                                       "--class-weight", "none", "--distill-weight", "0.3"],
+    assert proc.returncode == 1 and "class_weight none (now balanced)" in proc.stderr
+    assert "qat phase lr 0.001 (now 3e-05)" in proc.stderr and "data_dir" in proc.stderr
+    proc = subprocess.run(proc.args + SMOKE_OPTIONS + ["--model", run_info(work, "fp32-s7")["model"], "--data-dir",
+                                                       str(smoke["work"] / "data")],
                           capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
     report = json.loads((tmp_path / "abl.json").read_text())
@@ -209,20 +213,20 @@ def test_ablations_over_finished_arms(smoke, tmp_path):
     assert "PTQ of the FP32 phase" in md and "without distillation" in md and "from the pretrained model" in md
 
 
-def test_reuse_keeps_only_runs_trained_as_asked(smoke, monkeypatch):
+def test_reuse_keeps_only_runs_trained_as_asked(smoke, monkeypatch, tmp_path):
     """--reuse keeps a run only when it was trained with this seed, data, budget, start run and target CPU."""
     sys.path.insert(0, str(ROOT / "benchmarks"))
+    import common
     import ptq_vs_qat
 
-    monkeypatch.setattr(ptq_vs_qat, "has_vnni", lambda: True, raising=False)
+    monkeypatch.setattr(common, "has_vnni", lambda: True)  # parse_args keeps the 8-bit setting on any CPU
     w = smoke["work"]
-    base = ["--reuse", "--work-dir", str(w), "--model", run_info(w, "fp32-s7")["model"], "--max-length", "24",
-            "--group-by-length", "--class-weight", "none", "--distill-weight", "0.3", "--max-train-samples", "200",
-            "--epochs", "1", "--lr", "2e-3", "--qat-epochs", "1", "--qat-lr", "1e-3"]
+    base = ["--reuse", "--work-dir", str(w), "--model", run_info(w, "fp32-s7")["model"], "--data-dir",
+            str(w / "data"), *SMOKE_OPTIONS]
     qat_flags = ["--init-from", "fp32-s7", "--target-cpu", "portable"]
 
     def reusable(run, seed, flags, *extra):
-        return ptq_vs_qat.Runner(ptq_vs_qat.parse_args(base + list(extra))).reusable(run, seed, flags)
+        return not ptq_vs_qat.Runner(ptq_vs_qat.parse_args(base + list(extra))).mismatches(run, seed, flags)
 
     assert reusable("fp32-s7", 7, ["--no-qat", "--target-cpu", "portable"])
     assert reusable("qat-s7-7bit", 7, qat_flags)
@@ -234,3 +238,12 @@ def test_reuse_keeps_only_runs_trained_as_asked(smoke, monkeypatch):
     assert not reusable("qat-s7-7bit", 7, ["--init-from", "fp32-s8", "--target-cpu", "portable"])  # another start
     assert not reusable("qat-s7-7bit", 7, qat_flags, "--max-length", "32")
     assert not reusable("qat-s9-7bit", 9, qat_flags)  # not trained
+    assert not reusable("fp32-s7", 7, ["--no-qat"], "--data-dir", str(tmp_path))  # other data
+    assert not reusable("qat-s7-7bit", 7, ["--target-cpu", "portable", "--recipe", "qat-from-pretrained"])
+    assert not reusable("qat-s7-7bit", 7, qat_flags, "--qat-epochs", "2")
+    runner = ptq_vs_qat.Runner(ptq_vs_qat.parse_args(base))
+    runner.trained.add("fp32-s7")  # its start retrained by this invocation: the QAT phase is trained again
+    calls = []
+    monkeypatch.setattr(runner, "step", lambda *a: calls.append(a) or 0.0)
+    runner.train("qat-s7-7bit", 7, *qat_flags)
+    assert calls and calls[0][0] == "train_eager_qat.py"

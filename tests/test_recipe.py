@@ -259,8 +259,9 @@ def test_default_recipe_records_both_phases(runs):
     assert qat["curve"]["val_f1_macro"][0] == [0.0, qat["start_val_f1_macro"]]  # the start point at epoch 0
     assert i["val_f1_macro"] == qat["val_f1_macro"] >= qat["start_val_f1_macro"]
     for phase in (fp32, qat):  # where the phase's time went
-        assert set(phase["time_s"]) == {"teacher", "start_eval", "train", "eval"}
-        assert 0 < phase["time_s"]["train"] + phase["time_s"]["teacher"] + phase["time_s"]["start_eval"] <= phase["wall_s"]
+        assert set(phase["time_s"]) == {"teacher", "start_eval", "train_steps", "epoch_evals"}
+        assert all(v >= 0 for v in phase["time_s"].values()) and phase["time_s"]["epoch_evals"] > 0
+        assert 0 < sum(phase["time_s"].values()) <= phase["wall_s"]
     assert qat["time_s"]["teacher"] > 0 and qat["time_s"]["start_eval"] > 0 and fp32["time_s"]["start_eval"] < 0.01
     two_epochs = info(runs, "fp32-vnni")["phases"]["fp32"]
     assert two_epochs["val_f1_macro"] == max(f1 for _, f1 in two_epochs["curve"]["val_f1_macro"])
