@@ -381,6 +381,8 @@ def train_phase(phase: Phase, model, data: dict, args, qcfg: QuantConfig, weight
     start = trainer.evaluate() if phase.qat else None
     time_s["start_eval"] = time.perf_counter() - t1
     train_runtime = trainer.train().metrics["train_runtime"]
+    # ranks leave train() together: none goes on (to remove the checkpoints) while another still loads the best one
+    trainer.accelerator.wait_for_everyone()
     curve = training_curve(trainer.state.log_history)
     if start is not None:  # the QAT phase's start point (PTQ of the starting weights) at epoch 0
         curve["val_f1_macro"].insert(0, [0.0, start["eval_f1_macro"]])
