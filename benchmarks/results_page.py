@@ -203,7 +203,8 @@ def ptq_vs_qat() -> tuple:
                   f"{cfg.get('max_length')}; macro-F1 in %, mean ± std over seeds; QAT − PTQ: paired mean difference "
                   "in points with its bootstrap 95% interval.", "",
                   "| weights | FP32 | PTQ INT8 | QAT INT8 (default recipe) | QAT − PTQ | 95% interval | QAT agrees with "
-                  "its simulation (%) | QAT phase kept its start |", "|---|---|---|---|---|---|---|---|"]
+                  "its simulation (%) | PTQ agrees with FP32 (%) | QAT phase kept its start |",
+                  "|---|---|---|---|---|---|---|---|---|"]
             for s in settings:
                 st = d["paired"][s]["qat_vs_ptq"]
                 lo, hi = st["f1_diff_ci95"]
@@ -212,7 +213,8 @@ def ptq_vs_qat() -> tuple:
                          f"{mean_std(r[f'ptq_{s}']['f1_macro'] for r in rows)} | "
                          f"{mean_std(r[f'qat_{s}']['f1_macro'] for r in rows)} | {100 * st['f1_diff_mean']:+.2f} | "
                          f"[{100 * lo:+.2f}, {100 * hi:+.2f}] | "
-                         f"{mean_std(r[f'qat_{s}']['agreement_with_source'] for r in rows)} | {kept} of {len(rows)} |")
+                         f"{mean_std(r[f'qat_{s}']['agreement_with_source'] for r in rows)} | "
+                         f"{mean_std(r[f'ptq_{s}']['agreement_with_source'] for r in rows)} | {kept} of {len(rows)} |")
         else:  # the earlier benchmark (QAT from the pretrained model), kept readable
             L += [f"**{path.stem}** (QAT from the pretrained model: {OLD_RECIPE}): {len(rows)} seeds; macro-F1 in %.", "",
                   "| FP32 | PTQ INT8 | QAT INT8 |", "|---|---|---|",
