@@ -143,9 +143,14 @@ class EncodedDataset:
 
     def __init__(self, split, tokenizer, input_names, label2id, max_length, by_length=False):
         enc = tokenizer(split.texts, truncation=True, max_length=max_length)
+        self.ids_key = input_names[0]  # the token ids (input_ids): their count is a row's length
         self.rows = [{**{k: enc[k][i] for k in input_names}, "labels": label2id[l]} for i, l in enumerate(split.labels)]
         if by_length:
-            self.rows.sort(key=lambda row: len(row[input_names[0]]))
+            self.rows.sort(key=self.length_of)
+
+    def length_of(self, row: dict) -> int:
+        """A row's token count (rows are stored unpadded)."""
+        return len(row[self.ids_key])
 
     def __len__(self):
         return len(self.rows)
@@ -256,7 +261,7 @@ def teacher_logits(model, dataset, collator, batch_size: int) -> np.ndarray:
     import torch
 
     model.eval()
-    order = sorted(range(len(dataset)), key=lambda i: len(next(iter(dataset[i].values()))))
+    order = sorted(range(len(dataset)), key=lambda i: dataset.length_of(dataset[i]))
     logits = np.empty((len(dataset), model.config.num_labels), dtype=np.float32)
     with torch.inference_mode():
         for start in range(0, len(order), batch_size):

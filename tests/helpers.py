@@ -1,8 +1,10 @@
 """Shared by the tests: run a pipeline script as the shell would, and build a tiny run end to end."""
 
+import json
 import os
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import pandas as pd
@@ -11,9 +13,52 @@ ROOT = Path(__file__).resolve().parent.parent
 SMSA = ROOT.parent / "shared" / "data" / "smsa"  # the real benchmark data, beside the clone in CI (not in git)
 
 
+class StepServer:
+    """This test process's zygote (tests/step_server.py): pipeline steps forked from a process that has imported the
+    heavy libraries once. Started on first use; QAT_TEST_FORK=0 runs every step as a plain subprocess instead."""
+
+    _proc = None
+    # what a step's environment may change without a fresh interpreter: read at run time, by the project's code,
+    # argparse (COLUMNS), prometheus_client, or not at all (pytest's bookkeeping)
+    RUNTIME_KEYS = ("QAT_MODELS_DIR", "QAT_RESULTS_DIR", "PROMETHEUS_MULTIPROC_DIR", "COLUMNS", "PYTEST_CURRENT_TEST",
+                    "QAT_TEST_FORK")
+
+    _env = None  # the environment it was started with
+
+    @classmethod
+    def serves(cls, env: dict) -> bool:
+        if os.environ.get("QAT_TEST_FORK", "1") == "0":
+            return False
+        started = cls._env if cls._proc is not None and cls._proc.poll() is None else os.environ
+        keys = (set(env) | set(started)) - set(cls.RUNTIME_KEYS)
+        return all(env.get(k) == started.get(k) for k in keys)
+
+    @classmethod
+    def run(cls, cmd: list, env: dict, timeout: float) -> subprocess.CompletedProcess:
+        if cls._proc is None or cls._proc.poll() is not None:
+            cls._env = dict(os.environ)
+            cls._proc = subprocess.Popen([sys.executable, str(ROOT / "tests" / "step_server.py")], stdin=subprocess.PIPE,
+                                         stdout=subprocess.PIPE, text=True, cwd=ROOT, env=cls._env)
+            assert json.loads(cls._proc.stdout.readline())["ready"]
+        with tempfile.TemporaryDirectory() as tmp:
+            out, err = Path(tmp) / "stdout", Path(tmp) / "stderr"
+            cls._proc.stdin.write(json.dumps({"script": cmd[1], "args": cmd[2:], "env": env, "cwd": str(ROOT),
+                                              "timeout": timeout, "stdout": str(out), "stderr": str(err)}) + "\n")
+            cls._proc.stdin.flush()
+            code = json.loads(cls._proc.stdout.readline())["returncode"]
+            stdout, stderr = out.read_text(), err.read_text()
+        if code is None:
+            raise subprocess.TimeoutExpired(cmd, timeout, stdout, stderr)
+        return subprocess.CompletedProcess(cmd, code, stdout, stderr)
+
+
 def run_step(script, *args, env, check=True, timeout=900):
-    proc = subprocess.run([sys.executable, str(ROOT / script), *map(str, args)], capture_output=True, text=True,
-                          env=env, cwd=ROOT, timeout=timeout)
+    """`python SCRIPT ARGS` from the repository root, as the shell runs it (forked from StepServer when it can)."""
+    cmd = [sys.executable, str(ROOT / script), *map(str, args)]
+    if StepServer.serves(env):
+        proc = StepServer.run(cmd, env, timeout)
+    else:
+        proc = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=ROOT, timeout=timeout)
     if check and proc.returncode != 0:
         raise AssertionError(f"{script} failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
     return proc

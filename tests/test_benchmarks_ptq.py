@@ -182,7 +182,8 @@ def test_report_from_files_equals_the_measured_one(smoke, tmp_path):
 
 
 def test_ablations_over_finished_arms(smoke, tmp_path):
-    """--from-files --ablations: trains the ablations only, next to arms read from their files untouched."""
+    """--from-files --ablations nodistill: trains that ablation only, next to arms read from their files untouched
+    (which flags each ablation trains with: test_each_ablation_switches_off_one_piece)."""
     work = tmp_path / "work"
     shutil.copytree(smoke["work"], work)
     arm_model = work / "models" / "qat-s7-7bit" / "model_qat_int8_dynamic.onnx"
@@ -190,7 +191,7 @@ def test_ablations_over_finished_arms(smoke, tmp_path):
     proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "ptq_vs_qat.py"), "--from-files", "--seeds", "7",
                            "--max-length", "24", "--data-dir", str(work / "data"), "--work-dir", str(work),
                            "--out-dir", str(tmp_path), "--report-name", "abl", "--settings", "7bit",
-                           "--ablations"], capture_output=True, text=True, timeout=600)
+                           "--ablations", "nodistill"], capture_output=True, text=True, timeout=600)
     # the arms' options, not the defaults: the ablations must differ from them in the piece switched off only
     assert proc.returncode == 1 and "class_weight none (now balanced)" in proc.stderr
     assert "qat phase lr 0.001 (now 3e-05)" in proc.stderr and "data_dir" in proc.stderr
@@ -199,18 +200,44 @@ def test_ablations_over_finished_arms(smoke, tmp_path):
                           capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
     report = json.loads((tmp_path / "abl.json").read_text())
-    assert list(report["ablation"]) == ["nodistill", "pretrained"]
-    for key in report["ablation"]:
-        assert report["ablation"][key]["f1_macro"] == metrics(work, f"qat-s7-7bit-{key}", "onnx_int8_dynamic")["f1_macro"]
-    assert run_info(work, "qat-s7-7bit-nodistill")["phases"]["qat"]["distill_weight"] == 0
-    for key in report["ablation"]:
-        i = run_info(work, f"qat-s7-7bit-{key}")
-        assert i["max_length"] == 24 and i["seed"] == 7 and i["group_by_length"] and i["class_weight"] == "none", key
-    assert run_info(work, "qat-s7-7bit-nodistill")["init_from"] == "fp32-s7"
-    assert run_info(work, "qat-s7-7bit-pretrained")["recipe"] == "qat-from-pretrained"
+    assert list(report["ablation"]) == ["nodistill"]
+    assert report["ablation"]["nodistill"]["f1_macro"] == metrics(work, "qat-s7-7bit-nodistill", "onnx_int8_dynamic")["f1_macro"]
+    i = run_info(work, "qat-s7-7bit-nodistill")
+    assert i["phases"]["qat"]["distill_weight"] == 0 and i["init_from"] == "fp32-s7"
+    assert i["max_length"] == 24 and i["seed"] == 7 and i["group_by_length"] and i["class_weight"] == "none"
     assert arm_model.stat().st_mtime_ns == before and "--run-name qat-s7-7bit --seed" not in proc.stdout
     md = (tmp_path / "abl.md").read_text()
-    assert "PTQ of the FP32 phase" in md and "without distillation" in md and "from the pretrained model" in md
+    assert "PTQ of the FP32 phase" in md and "without distillation" in md and "from the pretrained model" not in md
+
+
+def test_each_ablation_switches_off_one_piece(smoke, monkeypatch):
+    """--ablations alone trains every ablation, each with the default recipe's options but its one piece: what
+    train_eager_qat.py would get (recorded instead of trained: test_ablations_over_finished_arms trains one)."""
+    import common
+    import ptq_vs_qat
+
+    monkeypatch.setattr(common, "has_vnni", lambda: True)
+    w = smoke["work"]
+    runner = ptq_vs_qat.Runner(ptq_vs_qat.parse_args(["--work-dir", str(w), "--model", run_info(w, "fp32-s7")["model"],
+                                                       "--data-dir", str(w / "data"), "--ablations", *SMOKE_OPTIONS]))
+    trained = {}
+    monkeypatch.setattr(runner, "train", lambda run, seed, *flags: trained.update({run: runner.train_argv(run, seed, flags)}))
+    monkeypatch.setattr(runner, "deploy", lambda run: runner.metrics("qat-s7-7bit"))
+    monkeypatch.setattr(ptq_vs_qat, "training_record", lambda r, run: {})
+    out = ptq_vs_qat.run_ablation(runner, 7)
+    assert list(out) == ["nodistill", "pretrained"]
+    assert list(trained) == ["qat-s7-7bit-nodistill", "qat-s7-7bit-pretrained"]
+    nodistill, pretrained = trained["qat-s7-7bit-nodistill"], trained["qat-s7-7bit-pretrained"]
+    default = runner.train_argv("qat-s7-7bit", 7, ["--init-from", "fp32-s7", "--target-cpu", "portable"])
+    assert "--distill-weight" in nodistill and nodistill[nodistill.index("--distill-weight") + 1] == "0"
+    assert nodistill[nodistill.index("--init-from") + 1] == "fp32-s7"
+    assert "--init-from" not in pretrained and pretrained[pretrained.index("--recipe") + 1] == "qat-from-pretrained"
+    for argv in (nodistill, pretrained):  # the recipe's budget otherwise: seed, data, length, QAT lr and epochs
+        for flag in ("--seed", "--max-train-samples", "--qat-lr", "--qat-epochs", "--class-weight", "--target-cpu"):
+            assert argv[argv.index(flag) + 1] == default[default.index(flag) + 1], flag
+    row = smoke["report"]["per_seed"][0]
+    lines = "\n".join(ptq_vs_qat.ablation_lines(row, {key: row["qat_7bit"] for key in out}))
+    assert "without distillation" in lines and "from the pretrained model" in lines
 
 
 def test_reuse_keeps_only_runs_trained_as_asked(smoke, monkeypatch, tmp_path):

@@ -12,7 +12,7 @@ import subprocess
 import sys
 
 import pytest
-from helpers import ROOT
+from helpers import ROOT, run_step
 
 DOCS = ("README.md", "README_DEPLOYMENT.md")
 # `python <script>.py <arguments>`: the arguments stop at the end of an inline code span, a comment or the line.
@@ -33,8 +33,7 @@ def text(doc: str) -> str:
 def options_of(script: str) -> frozenset:
     """The options `python script --help` lists (the user-facing truth, whatever builds the parser)."""
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "COLUMNS": "200"}
-    proc = subprocess.run([sys.executable, str(ROOT / script), "--help"], capture_output=True, text=True, env=env,
-                          cwd=ROOT, timeout=300)
+    proc = run_step(script, "--help", env=env, check=False, timeout=300)
     assert proc.returncode == 0, f"{script} --help failed:\n{proc.stderr[-2000:]}"
     return frozenset(OPTION.findall(proc.stdout))
 
@@ -118,8 +117,7 @@ def allowed_numbers() -> frozenset:
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "COLUMNS": "200"}
     found = set(CONSTANTS) | {str(i) for i in range(13)}
     for script in cli_scripts():
-        out = subprocess.run([sys.executable, str(ROOT / script), "--help"], capture_output=True, text=True, env=env,
-                             cwd=ROOT, timeout=300).stdout
+        out = run_step(script, "--help", env=env, check=False, timeout=300).stdout
         found |= {n for pair in HELP_DEFAULT.findall(out) for d in pair for n in NUMBER.findall(d)}
     for req in ROOT.glob("requirements*.txt"):
         found |= set(NUMBER.findall(req.read_text()))

@@ -277,7 +277,7 @@ def test_default_model_on_smsa_slice(tmp_path):
     the INT8 model passed the fidelity gate and agrees with the eager simulation."""
     data = tmp_path / "smsa"
     data.mkdir()
-    for split, n in (("train", 96), ("val", 64), ("test", 96)):
+    for split, n in (("train", 48), ("val", 32), ("test", 64)):  # 3 steps a phase: the 12 layers make each one slow
         pd.read_csv(SMSA / f"{split}.csv").iloc[:n].to_csv(data / f"{split}.csv", index=False)
     env = {**os.environ, "QAT_MODELS_DIR": str(tmp_path / "models"), "QAT_RESULTS_DIR": str(tmp_path / "results"),
            "HF_HUB_OFFLINE": "1"}
@@ -289,7 +289,7 @@ def test_default_model_on_smsa_slice(tmp_path):
     for script in ("export_to_onnx.py", "quantize_onnx_dynamic.py", "eval_eager_qat.py", "eval_onnx_int8_dynamic.py"):
         run_step(script, "--data-dir", data, env=env)
     m = json.loads((tmp_path / "results" / run_name / "metrics_onnx_int8_dynamic.json").read_text())
-    assert m["labels"] == ["negative", "neutral", "positive"] and m["n_samples"] == 96
+    assert m["labels"] == ["negative", "neutral", "positive"] and m["n_samples"] == 64
     # 12 layers: a rounding cascade can flip a near-tie of this barely trained model (README_DEPLOYMENT, fidelity)
     assert m["agreement"]["eager_qat"]["agreement"] >= 0.9
     size_ratio = (tmp_path / "models" / run_name / "model_qat.onnx").stat().st_size / (m["model_size_mb"] * 1e6)

@@ -8,7 +8,7 @@ import sys
 import numpy as np
 import pytest
 
-from helpers import ROOT, tiny_workspace
+from helpers import ROOT, run_step, tiny_workspace
 
 STEPS = ["train_eager_qat.py", "export_to_onnx.py", "quantize_onnx_dynamic.py", "eval_eager_qat.py",
          "eval_onnx_qat.py", "eval_onnx_int8_dynamic.py", "eval_eager_qat.py", "eval_onnx_int8_dynamic.py"]
@@ -67,9 +67,8 @@ def test_markdown_states_cpu_command_and_tables(reported):
 
 def test_no_run_reports_the_same_run_without_times(reported):
     out = reported["tmp"] / "again"
-    proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "pipeline_report.py"), "--no-run",
-                           "--run-name", "pr", "--out-dir", str(out)], cwd=ROOT, env=reported["env"],
-                          capture_output=True, text=True, timeout=600)
+    proc = run_step("benchmarks/pipeline_report.py", "--no-run", "--run-name", "pr", "--out-dir", out,
+                    env=reported["env"], check=False, timeout=600)
     assert proc.returncode == 0, proc.stderr[-2000:]
     again = json.loads((out / "pipeline_pr.json").read_text())
     assert again["stages"] == reported["json"]["stages"] and again["pairs"] == reported["json"]["pairs"]
@@ -83,18 +82,16 @@ def test_rerender_keeps_what_the_run_measured(reported):
     out.mkdir()
     old = dict(reported["json"], stages={})  # a report written by older code: the rewrite recomputes the scores
     (out / "pipeline_pr.json").write_text(json.dumps(old))
-    proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "pipeline_report.py"), "--rerender",
-                           "--run-name", "pr", "--out-dir", str(out)], cwd=ROOT, env=reported["env"],
-                          capture_output=True, text=True, timeout=600)
+    proc = run_step("benchmarks/pipeline_report.py", "--rerender", "--run-name", "pr", "--out-dir", out,
+                    env=reported["env"], check=False, timeout=600)
     assert proc.returncode == 0, proc.stderr[-2000:]
     new = json.loads((out / "pipeline_pr.json").read_text())
     assert new.pop("rerendered")["args"][0] == "--rerender" and new == reported["json"]
     md = (out / "pipeline_pr.md").read_text()
     assert "rewritten" in md and "rewritten" not in reported["md"]
     assert md.split("## Training")[1] == reported["md"].split("## Training")[1]
-    missing = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "pipeline_report.py"), "--rerender",
-                              "--run-name", "pr", "--out-dir", str(reported["tmp"] / "none")], cwd=ROOT,
-                             env=reported["env"], capture_output=True, text=True, timeout=600)
+    missing = run_step("benchmarks/pipeline_report.py", "--rerender", "--run-name", "pr", "--out-dir",
+                       reported["tmp"] / "none", env=reported["env"], check=False, timeout=600)
     assert missing.returncode != 0 and "no report" in missing.stderr
 
 
@@ -106,10 +103,9 @@ def test_fidelity_trace_compares_each_level_with_the_simulation(reported):
 
     out = reported["tmp"] / "trace"
     levels = ["ORT_ENABLE_ALL", "ORT_ENABLE_BASIC", "ORT_DISABLE_ALL"]
-    proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "fidelity_trace.py"), "--run-name", "pr",
-                           "--rows", "24", "--trace-rows", "1", "--levels", *levels, "--out-dir", str(out),
-                           "--report-name", "levels.md"],
-                          cwd=ROOT, env=reported["env"], capture_output=True, text=True, timeout=900)
+    proc = run_step("benchmarks/fidelity_trace.py", "--run-name", "pr", "--rows", "24", "--trace-rows", "1", "--levels",
+                    *levels, "--out-dir", out, "--report-name", "levels.md", env=reported["env"], check=False,
+                    timeout=900)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
     res = json.loads((out / "levels.json").read_text())
     assert list(res["stats"]) == levels
@@ -122,8 +118,7 @@ def test_fidelity_trace_compares_each_level_with_the_simulation(reported):
     assert [q["tensor"] for q in trace["quantizers"]] == [n.input[0] for n in dql]
     md = (out / "levels.md").read_text()
     assert [line.split(" | ")[0] for line in md.splitlines() if line.startswith("| ORT_")] == [f"| {l}" for l in levels]
-    refused = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "fidelity_trace.py"), "--run-name", "pr",
-                              "--rows", "2", "--levels", "ORT_ENABLE_ALL", "--out-dir", str(out / "no")],
-                             cwd=ROOT, env=reported["env"], capture_output=True, text=True, timeout=600)
+    refused = run_step("benchmarks/fidelity_trace.py", "--run-name", "pr", "--rows", "2", "--levels", "ORT_ENABLE_ALL",
+                       "--out-dir", out / "no", env=reported["env"], check=False, timeout=600)
     assert refused.returncode != 0 and "add ORT_DISABLE_ALL to --levels" in refused.stderr
     assert not (out / "no").exists()

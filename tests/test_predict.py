@@ -323,9 +323,8 @@ def test_bad_input_gets_one_line_error(tiny, csv_input, tmp_path, case, match):
     elif case in BAD_CSV:
         (tmp_path / "in.csv").write_bytes(BAD_CSV[case][0])
         src = str(tmp_path / "in.csv")
-    proc = subprocess.run([sys.executable, str(ROOT / "predict.py"), "--run-name", run, "--input", src,
-                           "--output", str(out), "--no-progress", *extra], capture_output=True, text=True,
-                          env=tiny["env"], cwd=ROOT, timeout=600, stdin=subprocess.DEVNULL)
+    proc = run_step("predict.py", "--run-name", run, "--input", src, "--output", out, "--no-progress", *extra,
+                    env=tiny["env"], check=False, timeout=600)
     assert proc.returncode == 2, proc.stderr
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: ") and match in lines[0], proc.stderr
@@ -372,9 +371,8 @@ def test_rows_the_model_cannot_take_get_a_status(tiny, tmp_path):
 @pytest.mark.skipif(not SMSA.is_dir(), reason="../shared/data/smsa not present (the benchmark scores its texts)")
 def test_batch_scoring_benchmark_smoke(tiny, tmp_path):
     """benchmarks/batch_scoring.py --smoke end to end (without Spark), so the benchmark never rots."""
-    proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "batch_scoring.py"), "--smoke", "--run-name",
-                           "tiny", "--skip-spark", "--plain-loop-small", "--work-dir", str(tmp_path), "--out-dir",
-                           str(tmp_path)], capture_output=True, text=True, env=tiny["env"], cwd=ROOT, timeout=1800)
+    proc = run_step("benchmarks/batch_scoring.py", "--smoke", "--run-name", "tiny", "--skip-spark", "--plain-loop-small",
+                    "--work-dir", tmp_path, "--out-dir", tmp_path, env=tiny["env"], check=False, timeout=1800)
     assert proc.returncode == 0, f"{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
     data = json.loads((tmp_path / "batch_scoring.json").read_text())
     names = [r["name"] for r in data["results"]]

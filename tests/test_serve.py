@@ -520,8 +520,7 @@ def test_start_up_refuses_a_model_not_matching_labels(tiny_run):
     info["labels"] = ["negative", "neutral", "positive"]
     (clone / "run_info.json").write_text(json.dumps(info))
     record_as_current(clone)  # as if re-exported: the INT8 model's output width is what gives it away
-    proc = subprocess.run([sys.executable, str(ROOT / "serve.py"), "--run-name", "three-labels", "--port",
-                           str(free_port())], capture_output=True, text=True, env=env, cwd=ROOT, timeout=120)
+    proc = run_step("serve.py", "--run-name", "three-labels", "--port", free_port(), env=env, check=False, timeout=120)
     assert proc.returncode == 2
     last = proc.stderr.strip().splitlines()[-1]
     assert last.startswith("error: ") and "outputs 2 logits but the run has 3 labels" in last
@@ -534,8 +533,7 @@ def test_busy_port_is_one_line_error_before_serving(tiny_run):
         other.bind(("127.0.0.1", 0))
         other.listen(1)
         port = other.getsockname()[1]
-        proc = subprocess.run([sys.executable, str(ROOT / "serve.py"), "--run-name", "tiny", "--port", str(port)],
-                              capture_output=True, text=True, env=tiny_run["env"], cwd=ROOT, timeout=300)
+        proc = run_step("serve.py", "--run-name", "tiny", "--port", port, env=tiny_run["env"], check=False, timeout=300)
     assert proc.returncode == 2 and "serving" not in proc.stdout, proc.stdout + proc.stderr
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith(f"error: cannot listen on 127.0.0.1:{port}"), proc.stderr
@@ -561,8 +559,7 @@ def test_a_failed_inference_is_logged_with_its_traceback(caplog):
 
 
 def test_unknown_run_is_one_line_error(tiny_run):
-    proc = subprocess.run([sys.executable, str(ROOT / "serve.py"), "--run-name", "nope"], capture_output=True,
-                          text=True, env=tiny_run["env"], cwd=ROOT, timeout=120)
+    proc = run_step("serve.py", "--run-name", "nope", env=tiny_run["env"], check=False, timeout=120)
     assert proc.returncode == 2 and "no run 'nope'" in proc.stderr and "tiny" in proc.stderr
 
 
@@ -576,9 +573,8 @@ def test_binds_to_loopback_by_default():
 
 
 def test_load_benchmark_smoke(tiny_run, tmp_path):
-    proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "serve_load.py"), "--run-name", "tiny", "--smoke",
-                           "--out-dir", tmp_path], capture_output=True, text=True, env=tiny_run["env"], cwd=ROOT,
-                          timeout=300)
+    proc = run_step("benchmarks/serve_load.py", "--run-name", "tiny", "--smoke", "--out-dir", tmp_path,
+                    env=tiny_run["env"], check=False, timeout=300)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
     report = json.loads((tmp_path / "serve_load.json").read_text())
     assert [(lvl["workers"], lvl["concurrency"]) for lvl in report["levels"]] == [(w, c) for w in (1, 2) for c in (1, 8, 32)]
