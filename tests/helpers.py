@@ -5,6 +5,7 @@ import os
 import subprocess
 import sys
 import tempfile
+import threading
 from pathlib import Path
 
 import pandas as pd
@@ -24,6 +25,7 @@ class StepServer:
                     "QAT_TEST_FORK")
 
     _env = None  # the environment it was started with
+    _lock = threading.Lock()  # one request at a time on its pipe
 
     @classmethod
     def serves(cls, env: dict) -> bool:
@@ -35,6 +37,11 @@ class StepServer:
 
     @classmethod
     def run(cls, cmd: list, env: dict, timeout: float) -> subprocess.CompletedProcess:
+        with cls._lock:
+            return cls._run(cmd, env, timeout)
+
+    @classmethod
+    def _run(cls, cmd: list, env: dict, timeout: float) -> subprocess.CompletedProcess:
         if cls._proc is None or cls._proc.poll() is not None:
             cls._env = dict(os.environ)
             cls._proc = subprocess.Popen([sys.executable, str(ROOT / "tests" / "step_server.py")], stdin=subprocess.PIPE,
