@@ -199,7 +199,8 @@ def ptq_vs_qat() -> tuple:
         cpu = cpu_text(d.get("cpu", {}))
         if "paired" in d:  # the current benchmark: FP32 phase, then QAT phase, per weight setting
             settings = [k[len("qat_"):] for k in rows[0] if k.startswith("qat_")]
-            L += [f"**{path.stem}**: {len(rows)} seeds, {cfg.get('max_train_samples')} training rows, max length "
+            L += [f"**{path.stem}**: model `{cfg.get('model', 'default')}`, {len(rows)} seeds, "
+                  f"{cfg.get('max_train_samples')} training rows, max length "
                   f"{cfg.get('max_length')}; macro-F1 in %, mean ± std over seeds; QAT − PTQ: paired mean difference "
                   "in points with its bootstrap 95% interval.", "",
                   "| weights | FP32 | PTQ INT8 | QAT INT8 (default recipe) | QAT − PTQ | 95% interval | QAT agrees with "
