@@ -2,6 +2,7 @@
 
 import json
 import os
+import signal
 import subprocess
 import sys
 import tempfile
@@ -18,22 +19,32 @@ class StepServer:
     """This test process's zygote (tests/step_server.py): pipeline steps forked from a process that has imported the
     heavy libraries once. Started on first use; QAT_TEST_FORK=0 runs every step as a plain subprocess instead."""
 
-    _proc = None
-    # what a step's environment may change without a fresh interpreter: read at run time, by the project's code,
-    # argparse (COLUMNS), prometheus_client, or not at all (pytest's bookkeeping)
+    # what a step's environment may change without a fresh interpreter: read after the zygote's imports, by the
+    # project's code, the shell scripts, libraries the zygote does not import (prometheus_client), argparse
+    # (COLUMNS), or by no one (pytest's bookkeeping)
     RUNTIME_KEYS = ("QAT_MODELS_DIR", "QAT_RESULTS_DIR", "PROMETHEUS_MULTIPROC_DIR", "COLUMNS", "PYTEST_CURRENT_TEST",
-                    "QAT_TEST_FORK")
-
+                    "QAT_TEST_FORK", "TRAIN_ARGS")
+    _proc = None
     _env = None  # the environment it was started with
+    _set_by_imports: dict = {}  # what its imports added (they add the same in any run, and in this test process)
     _lock = threading.Lock()  # one request at a time on its pipe
+
+    @classmethod
+    def running(cls) -> bool:
+        return cls._proc is not None and cls._proc.poll() is None
 
     @classmethod
     def serves(cls, env: dict) -> bool:
         if os.environ.get("QAT_TEST_FORK", "1") == "0":
             return False
-        started = cls._env if cls._proc is not None and cls._proc.poll() is None else os.environ
-        keys = (set(env) | set(started)) - set(cls.RUNTIME_KEYS)
-        return all(env.get(k) == started.get(k) for k in keys)
+        started = cls._env if cls.running() else os.environ
+        for k in (set(env) | set(started)) - set(cls.RUNTIME_KEYS):
+            if env.get(k) == started.get(k):
+                continue
+            if k in cls._set_by_imports and env.get(k) in (None, cls._set_by_imports[k]):
+                continue
+            return False
+        return True
 
     @classmethod
     def run(cls, cmd: list, env: dict, timeout: float) -> subprocess.CompletedProcess:
@@ -42,11 +53,13 @@ class StepServer:
 
     @classmethod
     def _run(cls, cmd: list, env: dict, timeout: float) -> subprocess.CompletedProcess:
-        if cls._proc is None or cls._proc.poll() is not None:
+        if not cls.running():
             cls._env = dict(os.environ)
             cls._proc = subprocess.Popen([sys.executable, str(ROOT / "tests" / "step_server.py")], stdin=subprocess.PIPE,
                                          stdout=subprocess.PIPE, text=True, cwd=ROOT, env=cls._env)
-            assert json.loads(cls._proc.stdout.readline())["ready"]
+            ready = json.loads(cls._proc.stdout.readline())
+            assert ready["ready"]
+            cls._set_by_imports = ready["set_by_imports"]
         with tempfile.TemporaryDirectory() as tmp:
             out, err = Path(tmp) / "stdout", Path(tmp) / "stderr"
             cls._proc.stdin.write(json.dumps({"script": cmd[1], "args": cmd[2:], "env": env, "cwd": str(ROOT),
@@ -59,13 +72,28 @@ class StepServer:
         return subprocess.CompletedProcess(cmd, code, stdout, stderr)
 
 
+def run_plain(cmd: list, env: dict, timeout: float) -> subprocess.CompletedProcess:
+    """A fresh interpreter, in its own process group (killed whole on a timeout, as a forked step is)."""
+    proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env=env, cwd=ROOT, start_new_session=True)
+    try:
+        stdout, stderr = proc.communicate(timeout=timeout)
+    except BaseException as e:
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        stdout, stderr = proc.communicate()
+        if isinstance(e, subprocess.TimeoutExpired):
+            raise subprocess.TimeoutExpired(cmd, timeout, stdout, stderr) from None
+        raise
+    return subprocess.CompletedProcess(cmd, proc.returncode, stdout, stderr)
+
+
 def run_step(script, *args, env, check=True, timeout=900):
     """`python SCRIPT ARGS` from the repository root, as the shell runs it (forked from StepServer when it can)."""
     cmd = [sys.executable, str(ROOT / script), *map(str, args)]
-    if StepServer.serves(env):
-        proc = StepServer.run(cmd, env, timeout)
-    else:
-        proc = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=ROOT, timeout=timeout)
+    proc = StepServer.run(cmd, env, timeout) if StepServer.serves(env) else run_plain(cmd, env, timeout)
     if check and proc.returncode != 0:
         raise AssertionError(f"{script} failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
     return proc

@@ -229,12 +229,18 @@ def test_each_ablation_switches_off_one_piece(smoke, monkeypatch):
     assert list(trained) == ["qat-s7-7bit-nodistill", "qat-s7-7bit-pretrained"]
     nodistill, pretrained = trained["qat-s7-7bit-nodistill"], trained["qat-s7-7bit-pretrained"]
     default = runner.train_argv("qat-s7-7bit", 7, ["--init-from", "fp32-s7", "--target-cpu", "portable"])
-    assert "--distill-weight" in nodistill and nodistill[nodistill.index("--distill-weight") + 1] == "0"
-    assert nodistill[nodistill.index("--init-from") + 1] == "fp32-s7"
-    assert "--init-from" not in pretrained and pretrained[pretrained.index("--recipe") + 1] == "qat-from-pretrained"
-    for argv in (nodistill, pretrained):  # the recipe's budget otherwise: seed, data, length, QAT lr and epochs
-        for flag in ("--seed", "--max-train-samples", "--qat-lr", "--qat-epochs", "--class-weight", "--target-cpu"):
-            assert argv[argv.index(flag) + 1] == default[default.index(flag) + 1], flag
+
+    def options(argv) -> dict:  # {option: value, or True for a flag}
+        argv = list(map(str, argv))
+        return {a: (argv[i + 1] if i + 1 < len(argv) and not argv[i + 1].startswith("--") else True)
+                for i, a in enumerate(argv) if a.startswith("--")}
+
+    default = options(default)
+    assert default["--distill-weight"] == "0.3" and default["--group-by-length"] is True  # the smoke run's options
+    # each ablation: the default recipe's options, the run's name and its one piece aside
+    assert options(nodistill) == {**default, "--run-name": "qat-s7-7bit-nodistill", "--distill-weight": "0"}
+    assert options(pretrained) == {**{k: v for k, v in default.items() if k != "--init-from"},
+                                   "--run-name": "qat-s7-7bit-pretrained", "--recipe": "qat-from-pretrained"}
     row = smoke["report"]["per_seed"][0]
     lines = "\n".join(ptq_vs_qat.ablation_lines(row, {key: row["qat_7bit"] for key in out}))
     assert "without distillation" in lines and "from the pretrained model" in lines

@@ -1,6 +1,7 @@
 """The tests run pipeline steps forked from tests/step_server.py (helpers.run_step): a forked step must look to the
 script and to the test exactly like `python SCRIPT ARGS` from the shell."""
 
+import json
 import os
 import subprocess
 import textwrap
@@ -10,11 +11,18 @@ import pytest
 from helpers import StepServer, run_step
 
 PROBE = textwrap.dedent('''
-    import atexit, json, os, sys
-    atexit.register(lambda: print("atexit ran"))
+    import atexit, json, os, pickle, random, sys
+    import numpy as np
+
+    def handler():
+        pickle.dumps(handler)  # __main__ is still the script at exit
+        print("atexit ran")
+
+    atexit.register(handler)
     print(json.dumps({"argv": sys.argv, "cwd": os.getcwd(), "path0": sys.path[0], "name": __name__,
                       "models": os.environ.get("QAT_MODELS_DIR"), "stdin": sys.stdin.read(),
                       "project_imported": "common" in sys.modules}))
+    print(json.dumps({"parent": os.getppid(), "random": [random.random(), float(np.random.rand())]}))
     print("to stderr: é", file=sys.stderr)
     if sys.argv[1] == "raise":
         raise ValueError("boom")
@@ -22,11 +30,22 @@ PROBE = textwrap.dedent('''
 ''')
 
 
+@pytest.fixture(autouse=True)
+def forking(monkeypatch):
+    monkeypatch.delenv("QAT_TEST_FORK", raising=False)  # these tests are about the forked steps
+
+
 @pytest.fixture
 def probe(tmp_path):
     script = tmp_path / "probe.py"
     script.write_text(PROBE)
     return script
+
+
+def outputs(proc):
+    lines = proc.stdout.splitlines()
+    return lines[0], json.loads(lines[1]), lines[2:]
+
 
 
 @pytest.mark.parametrize("arg", ["0", "3", "raise", "a message"])
@@ -37,17 +56,35 @@ def test_a_forked_step_is_the_script_run_by_python(probe, tmp_path, monkeypatch,
     monkeypatch.setenv("QAT_TEST_FORK", "0")
     plain = run_step(probe, arg, env=env, check=False)
     assert forked.returncode == plain.returncode == {"0": 0, "3": 3}.get(arg, 1)
-    assert forked.stdout == plain.stdout and "atexit ran" in forked.stdout
+    (f_first, f_proc, f_rest), (p_first, p_proc, p_rest) = outputs(forked), outputs(plain)
+    assert f_first == p_first and f_rest == p_rest == ["atexit ran"]
+    assert f_proc["parent"] == StepServer._proc.pid and p_proc["parent"] == os.getpid()  # each went its own way
     assert forked.stderr.splitlines()[0] == plain.stderr.splitlines()[0] == "to stderr: é"
-    # a traceback names the runner's frames (runpy) before the script's: compare from the script's frame on
+    # a traceback names the runner's frame before the script's: compare from the script's frame on
     tail = lambda err: err[err.index(f'File "{probe}"'):] if "Traceback" in err else err
     assert tail(forked.stderr) == tail(plain.stderr)
 
 
+def test_forked_steps_do_not_share_unseeded_random_state(probe):
+    draws = [outputs(run_step(probe, "0", env=dict(os.environ)))[1]["random"] for _ in range(2)]
+    assert draws[0][0] != draws[1][0] and draws[0][1] != draws[1][1]
+
+
 def test_an_environment_the_libraries_read_at_import_gets_a_fresh_interpreter(probe):
-    assert not StepServer.serves({**os.environ, "OMP_NUM_THREADS": "7"})
-    assert not StepServer.serves({k: v for k, v in os.environ.items() if k != "HF_HUB_OFFLINE"})
     assert StepServer.serves({**os.environ, "QAT_RESULTS_DIR": "/elsewhere", "COLUMNS": "200"})
+    assert not StepServer.serves({k: v for k, v in os.environ.items() if k != "HF_HUB_OFFLINE"})
+    env = {**os.environ, "OMP_NUM_THREADS": "7"}
+    assert not StepServer.serves(env)
+    assert outputs(run_step(probe, "0", env=env))[1]["parent"] == os.getpid()
+
+
+def test_a_variable_the_zygotes_imports_set_does_not_stop_forking(probe):
+    """Importing a library in the test process may add a variable to its environment (transformers' Trainer sets
+    TORCHINDUCTOR_CACHE_DIR); the zygote's imports set the same, so the step is still forked."""
+    run_step(probe, "0", env=dict(os.environ))
+    assert StepServer._set_by_imports, "the zygote's imports set nothing: this test checks nothing"
+    assert StepServer.serves({**os.environ, **StepServer._set_by_imports})
+    assert not StepServer.serves({**os.environ, **{k: v + "-other" for k, v in StepServer._set_by_imports.items()}})
 
 
 def test_a_step_past_its_timeout_is_killed_with_its_children(probe, tmp_path):
@@ -58,10 +95,16 @@ def test_a_step_past_its_timeout_is_killed_with_its_children(probe, tmp_path):
     with pytest.raises(subprocess.TimeoutExpired) as e:
         run_step(script, env=dict(os.environ), timeout=3)
     child = int(e.value.output.split()[0])
-    with pytest.raises(ProcessLookupError):
-        for _ in range(50):  # killed with the step's process group (a zombie until its parent is reaped: gone then)
-            os.kill(child, 0)
-            if open(f"/proc/{child}/stat").read().split()[2] == "Z":
-                raise ProcessLookupError
-            time.sleep(0.1)
+    try:
+        with pytest.raises(ProcessLookupError):
+            for _ in range(50):  # killed with the step's process group (a zombie until reaped: gone then)
+                os.kill(child, 0)
+                if open(f"/proc/{child}/stat").read().split()[2] == "Z":
+                    raise ProcessLookupError
+                time.sleep(0.1)
+    finally:
+        try:
+            os.kill(child, 9)
+        except ProcessLookupError:
+            pass
     assert run_step(probe, "0", env=dict(os.environ)).returncode == 0  # the server goes on serving
