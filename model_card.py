@@ -32,16 +32,20 @@ STAGES = {
 
 
 def shown_path(path) -> str:
-    """A path as the card shows it: relative to the repository when beside it, under ~ when in the home folder."""
+    """A path as the card shows it: inside an installed package as site-packages/..., relative to the repository when
+    beside it, under ~ when in the home folder."""
+    import sysconfig
+
     p = Path(str(path)).expanduser()
     if not p.is_absolute():
         return str(path)
-    for base, prefix in ((ROOT.parent, None), (Path.home(), "~")):
+    for base, prefix in ((Path(sysconfig.get_paths()["purelib"]), "site-packages"), (ROOT.parent, None),
+                         (Path.home(), "~")):
         try:
             rel = p.resolve().relative_to(base.resolve())
         except ValueError:
             continue
-        return f"~/{rel}" if prefix else os.path.relpath(p.resolve(), ROOT)
+        return f"{prefix}/{rel}" if prefix else os.path.relpath(p.resolve(), ROOT)
     return str(p)
 
 

@@ -563,11 +563,12 @@ def report_info(r: Runner, args) -> dict:
     import pandas as pd
 
     from common import load_split
+    from model_card import shown_path
 
     ref = r.metrics(f"fp32-s{args.seeds[0]}")["eager_fp32"]
     truth = load_split(args.data_dir, "test").labels
     return {"data": os.path.relpath(args.data_dir, ROOT), "n_test": ref["n_samples"], "labels": ref["labels"],
-            "model_source": run_info(r.work, f"fp32-s{args.seeds[0]}")["model_source"], "test_truth": truth}
+            "model_source": shown_path(run_info(r.work, f"fp32-s{args.seeds[0]}")["model_source"]), "test_truth": truth}
 
 
 if __name__ == "__main__":

