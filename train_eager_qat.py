@@ -19,6 +19,7 @@ run_info.json. Uses the Hugging Face Trainer, so `torchrun`/`accelerate launch` 
 import argparse
 import copy
 import json
+import math
 import shutil
 import time
 from dataclasses import asdict, dataclass
@@ -43,6 +44,9 @@ RECIPES = {"default": {"lr": 1e-4, "epochs": 2}}
 # OpenVINO NNCF and Intel Neural Compressor start QAT from the fine-tuned checkpoint). benchmarks/ptq_vs_qat.py
 # measures it against PTQ of the same FP32 model.
 QAT_PHASE = {"qat_epochs": 1.0, "qat_lr": 3e-5, "distill_weight": 0.5, "distill_temperature": 2.0}
+# The default epoch counts are for this many training rows (the size benchmarks/reports measured the recipe on); a
+# smaller training set gets more epochs, as many optimizer steps (2 epochs of 500 rows are 32 steps: too few).
+BUDGET_ROWS = 2000
 RECIPE_CHOICES = ("fp32-then-qat", "qat-from-pretrained")
 
 
@@ -53,12 +57,14 @@ def parse_args(argv=None):
                         "qat-from-pretrained: one QAT phase from the pretrained model, no teacher")
     p.add_argument("--epochs", type=float, default=None,
                    help=f"epochs of the FP32 phase (qat-from-pretrained: of its one phase); default: "
-                        f"{RECIPES['default']['epochs']:g} for --model default, {GENERIC_RECIPE['epochs']:g} for others")
+                        f"{RECIPES['default']['epochs']:g} for --model default, {GENERIC_RECIPE['epochs']:g} for others, "
+                        f"on {BUDGET_ROWS:,} training rows or more; fewer rows get more epochs, the same steps")
     p.add_argument("--lr", type=float, default=None,
                    help=f"peak learning rate of that phase; default: {RECIPES['default']['lr']:g} for --model default, "
                         f"{GENERIC_RECIPE['lr']:g} for others")
-    p.add_argument("--qat-epochs", type=float, default=QAT_PHASE["qat_epochs"],
-                   help="epochs of the QAT phase of fp32-then-qat")
+    p.add_argument("--qat-epochs", type=float, default=None,
+                   help=f"epochs of the QAT phase of fp32-then-qat; default: {QAT_PHASE['qat_epochs']:g} on "
+                        f"{BUDGET_ROWS:,} training rows or more, more epochs (the same steps) on fewer")
     p.add_argument("--qat-lr", type=float, default=QAT_PHASE["qat_lr"], help="peak learning rate of the QAT phase")
     p.add_argument("--distill-weight", type=float, default=QAT_PHASE["distill_weight"],
                    help="QAT phase loss = (1 - w) x cross-entropy + w x distillation from the FP32 model (0: none)")
@@ -90,17 +96,17 @@ def parse_args(argv=None):
     p.add_argument("--group-by-length", action=argparse.BooleanOptionalAction, default=False,
                    help="batch texts of similar length together (less padding, faster steps; batches less random)")
     args = p.parse_args(argv)
-    recipe = RECIPES.get(args.model, GENERIC_RECIPE)
-    defaults = {key: recipe[key] for key in ("epochs", "lr") if getattr(args, key) is None}
-    args = argparse.Namespace(**{**vars(args), **defaults})  # a new namespace: the parsed one is left as parsed
+    if args.lr is None:  # a new namespace: the parsed one is left as parsed
+        args = argparse.Namespace(**{**vars(args), "lr": RECIPES.get(args.model, GENERIC_RECIPE)["lr"]})
     check_budget(args)
     return args
 
 
 def check_budget(args) -> None:
     """Refuse budgets that would write an untrained (or un-fine-tuned) run."""
-    if args.epochs <= 0 or args.qat_epochs <= 0:
-        raise PipelineError(f"--epochs {args.epochs:g} / --qat-epochs {args.qat_epochs:g}: both must be more than 0")
+    for option, epochs in (("--epochs", args.epochs), ("--qat-epochs", args.qat_epochs)):
+        if epochs is not None and epochs <= 0:
+            raise PipelineError(f"{option} {epochs:g}: train more than 0 epochs (or leave it out for the default)")
     if args.max_train_samples is not None and args.max_train_samples < 2:
         raise PipelineError(f"--max-train-samples {args.max_train_samples}: train on at least 2 rows (or leave it out)")
     if not 0 <= args.distill_weight <= 1 or args.distill_temperature <= 0:
@@ -119,13 +125,25 @@ class Phase:
     distill_temperature: float = 1.0
 
 
-def phases_of(args) -> list[Phase]:
-    """The phases this run trains, in order. --init-from with fp32-then-qat: that run is the FP32 phase."""
+def default_epochs(epochs: float, n_train: int) -> float:
+    """A default epoch count for n_train rows: as given from BUDGET_ROWS rows up; below, the epochs that take as many
+    optimizer steps, rounded up to whole epochs (each ends with the validation the best checkpoint is chosen by)."""
+    if n_train >= BUDGET_ROWS:
+        return epochs
+    return float(math.ceil(round(epochs * BUDGET_ROWS / n_train, 6)))
+
+
+def phases_of(args, n_train: int) -> list[Phase]:
+    """The phases this run trains on n_train rows, in order. --init-from with fp32-then-qat: that run is the FP32
+    phase. Epochs given on the command line are trained as given; defaults follow the training set's size."""
+    recipe = RECIPES.get(args.model, GENERIC_RECIPE)
+    epochs = args.epochs if args.epochs is not None else default_epochs(recipe["epochs"], n_train)
     if args.recipe == "qat-from-pretrained" or args.no_qat:
-        return [Phase("fp32" if args.no_qat else "qat", args.epochs, args.lr, qat=not args.no_qat)]
-    qat = Phase("qat", args.qat_epochs, args.qat_lr, qat=True, distill_weight=args.distill_weight,
+        return [Phase("fp32" if args.no_qat else "qat", epochs, args.lr, qat=not args.no_qat)]
+    qat_epochs = args.qat_epochs if args.qat_epochs is not None else default_epochs(QAT_PHASE["qat_epochs"], n_train)
+    qat = Phase("qat", qat_epochs, args.qat_lr, qat=True, distill_weight=args.distill_weight,
                 distill_temperature=args.distill_temperature)
-    return [qat] if args.init_from else [Phase("fp32", args.epochs, args.lr, qat=False), qat]
+    return [qat] if args.init_from else [Phase("fp32", epochs, args.lr, qat=False), qat]
 
 
 def subsample(split, n, seed):
@@ -455,7 +473,7 @@ def main():
         plan_quantization(model, qcfg)
     except ValueError as e:
         raise PipelineError(f"{args.model}: {e}; train a model built from standard modules")
-    phases = phases_of(args)
+    phases = phases_of(args, len(train.texts))
     print("phases: " + "; ".join(f"{p.name} {p.epochs:g} epoch(s) at lr {p.lr:g}"
                                  + (f", distilled from the FP32 model (weight {p.distill_weight:g}, temperature "
                                     f"{p.distill_temperature:g})" if p.distill_weight else "") for p in phases))
@@ -488,7 +506,7 @@ def main():
             "text_column": args.text_column, "label_column": args.label_column, "max_length": args.max_length,
             "labels": labels, "input_names": input_names, "qat": qcfg.qat, "seed": args.seed,
             "recipe": "fp32" if args.no_qat else args.recipe, "phases": records,
-            "epochs": args.epochs, "lr": args.lr, "batch_size": args.batch_size, "n_train": len(train.texts),
+            "epochs": phases[0].epochs, "lr": phases[0].lr, "batch_size": args.batch_size, "n_train": len(train.texts),
             "init_from": args.init_from, "freeze_embeddings": args.freeze_embeddings,
             "group_by_length": args.group_by_length, "class_weight": args.class_weight,
             "loss_weights": dict(zip(labels, map(float, weights))), "target_cpu": qcfg.target_cpu,

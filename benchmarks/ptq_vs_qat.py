@@ -152,7 +152,7 @@ class Runner:
         if not t.no_qat:  # an FP32 run's weights do not depend on it (its INT8 model is re-quantized per setting)
             want["target_cpu"] = t.target_cpu
         out = [f"{k} {info.get(k)} (now {v})" for k, v in want.items() if info.get(k) != v]
-        for phase in train_eager_qat.phases_of(t):
+        for phase in train_eager_qat.phases_of(t, info["n_train"]):
             rec = info["phases"].get(phase.name, {})
             out += [f"{phase.name} phase {k} {rec.get(k)} (now {v})" for k, v in asdict(phase).items()
                     if k != "name" and rec.get(k) != v]

@@ -121,9 +121,11 @@ def tiny_workspace(tmp: Path) -> dict:
             "test_texts": pd.read_csv(data / "test.csv")["text"].tolist()}
 
 
-def train_tiny(w: dict, run_name: str, *extra) -> None:
+def train_tiny(w: dict, run_name: str, *extra, qat_epochs: float | None = 1) -> None:
+    """A tiny run; its QAT phase takes qat_epochs (None: the default, which grows on fewer than 2,000 rows)."""
+    budget = ["--qat-epochs", qat_epochs] if qat_epochs is not None else []
     run_step("train_eager_qat.py", "--model", w["model"], "--data-dir", w["data"], "--run-name", run_name,
-             "--max-length", 48, "--lr", "2e-3", "--batch-size", 16, *extra, env=w["env"])
+             "--max-length", 48, "--lr", "2e-3", "--batch-size", 16, *budget, *extra, env=w["env"])
 
 
 def record_as_current(run_dir: Path) -> None:

@@ -26,7 +26,7 @@ def workspace(tmp_path_factory):
 def test_pipeline_end_to_end(workspace, family):
     w, run = workspace, f"tiny-{family}"
     run_step("train_eager_qat.py", "--model", w["models"][family], "--data-dir", w["data"], "--run-name", run,
-             "--max-length", 48, "--lr", "2e-3", "--batch-size", 16, "--epochs", 1, env=w["env"])
+             "--max-length", 48, "--lr", "2e-3", "--batch-size", 16, "--epochs", 1, "--qat-epochs", 1, env=w["env"])
     info = json.loads((w["tmp"] / "models" / run / "run_info.json").read_text())
     assert info["input_names"] == ["input_ids", "attention_mask"]  # no token_type_ids in these families
     run_steps(run, "export_to_onnx.py", "quantize_onnx_dynamic.py", "eval_eager_qat.py", "eval_onnx_int8_dynamic.py",

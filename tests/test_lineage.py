@@ -219,7 +219,7 @@ def retrained(first_training):
     """The same run trained again with another seed: other weights, same name."""
     w = first_training
     proc = run_step("train_eager_qat.py", "--model", w["model"], "--data-dir", w["data"], "--run-name", "lin",
-                    "--max-length", 48, "--lr", "2e-3", "--batch-size", 16, "--epochs", 1, "--max-train-samples",
+                    "--max-length", 48, "--lr", "2e-3", "--batch-size", 16, "--epochs", 1, "--qat-epochs", 1, "--max-train-samples",
                     200, "--seed", 7, env=w["env"])
     return {**w, "retrain_out": proc.stdout}
 

@@ -282,7 +282,7 @@ def test_default_model_on_smsa_slice(tmp_path):
         pd.read_csv(SMSA / f"{split}.csv").iloc[:n].to_csv(data / f"{split}.csv", index=False)
     env = {**os.environ, "QAT_MODELS_DIR": str(tmp_path / "models"), "QAT_RESULTS_DIR": str(tmp_path / "results"),
            "HF_HUB_OFFLINE": "1"}
-    run_step("train_eager_qat.py", "--data-dir", data, "--epochs", 1, "--batch-size", 16, "--max-length", 64, env=env)
+    run_step("train_eager_qat.py", "--data-dir", data, "--epochs", 1, "--qat-epochs", 1, "--batch-size", 16, "--max-length", 64, env=env)
     from common import run_name as default_run_name
 
     run_name = default_run_name(argparse.Namespace(run_name=None, model="default", data_dir=str(data)))

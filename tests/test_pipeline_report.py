@@ -18,7 +18,7 @@ STEPS = ["train_eager_qat.py", "export_to_onnx.py", "quantize_onnx_dynamic.py", 
 def reported(tmp_path_factory):
     w = tiny_workspace(tmp_path_factory.mktemp("pipeline_report"))
     out = w["tmp"] / "reports"
-    env = {**w["env"], "TRAIN_ARGS": "--epochs 1 --max-train-samples 300 --lr 2e-3"}
+    env = {**w["env"], "TRAIN_ARGS": "--epochs 1 --qat-epochs 1 --max-train-samples 300 --lr 2e-3"}
     proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "pipeline_report.py"), "--out-dir", str(out),
                            "--model", str(w["model"]), "--data-dir", str(w["data"]), "--run-name", "pr",
                            "--max-length", "48", "--batch-size", "16"],
@@ -57,7 +57,7 @@ def test_scores_and_agreement_recomputed_from_the_metrics(reported):
 
 def test_markdown_states_cpu_command_and_tables(reported):
     md, s = reported["md"], reported["json"]
-    assert s["cpu"]["model"] in md and 'TRAIN_ARGS="--epochs 1 --max-train-samples 300 --lr 2e-3"' in md
+    assert s["cpu"]["model"] in md and 'TRAIN_ARGS="--epochs 1 --qat-epochs 1 --max-train-samples 300 --lr 2e-3"' in md
     f1 = s["stages"]["onnx_int8_dynamic_per_text"]["f1_macro"] * 100
     assert f"| INT8 ONNX (as served) | 1 | " in md and f"{f1:.2f}" in md
     assert md.count("| `eval_") == 5 and "onnx_int8_dynamic_per_text vs eager_qat_per_text" in md

@@ -89,7 +89,7 @@ def test_teacher_logits_reach_the_loss_in_training(tmp_path, monkeypatch):
                             {"a": 0, "b": 1}, 16)
     teacher = np.random.default_rng(0).normal(size=(len(texts), 2)).astype(np.float32)
     args = t.parse_args(["--model", str(folder), "--batch-size", "4"])
-    phase = t.phases_of(args)[1]
+    phase = t.phases_of(args, len(texts))[1]
     trainer = t.distillation_trainer(phase.distill_weight, phase.distill_temperature)(
         model=model, args=t.training_arguments(args, phase, tmp_path / "ckpt"), train_dataset=t.WithTeacher(data, teacher),
         eval_dataset=data,
@@ -175,23 +175,37 @@ def args_of(*argv):
 
 
 def test_phases_of_each_recipe():
-    assert [p.name for p in phases_of(args_of())] == ["fp32", "qat"]
+    assert [p.name for p in phases_of(args_of(), 2000)] == ["fp32", "qat"]
     fp32, qat = phases_of(args_of("--epochs", "2", "--lr", "1e-4", "--qat-epochs", "0.5", "--qat-lr", "1e-5",
-                                  "--distill-weight", "0.3", "--distill-temperature", "4"))
+                                  "--distill-weight", "0.3", "--distill-temperature", "4"), 2000)
     assert fp32 == Phase("fp32", 2.0, 1e-4, qat=False)
     assert qat == Phase("qat", 0.5, 1e-5, qat=True, distill_weight=0.3, distill_temperature=4.0)
-    assert phases_of(args_of("--init-from", "other")) == [Phase("qat", 1.0, 3e-5, qat=True, distill_weight=0.5, distill_temperature=2.0)]
-    assert phases_of(args_of("--no-qat")) == [Phase("fp32", 3.0, 5e-5, qat=False)]
-    assert phases_of(args_of("--recipe", "qat-from-pretrained")) == [Phase("qat", 3.0, 5e-5, qat=True)]
+    assert phases_of(args_of("--init-from", "other"), 2000) == [
+        Phase("qat", 1.0, 3e-5, qat=True, distill_weight=0.5, distill_temperature=2.0)]
+    assert phases_of(args_of("--no-qat"), 2000) == [Phase("fp32", 3.0, 5e-5, qat=False)]
+    assert phases_of(args_of("--recipe", "qat-from-pretrained"), 2000) == [Phase("qat", 3.0, 5e-5, qat=True)]
+
+
+@pytest.mark.parametrize("n_train, fp32_epochs, qat_epochs, generic_epochs", [
+    (11000, 2, 1, 3), (2000, 2, 1, 3), (1999, 3, 2, 4), (1033, 4, 2, 6), (1000, 4, 2, 6), (500, 8, 4, 12),
+    (300, 14, 7, 20)])
+def test_default_epochs_take_the_steps_of_the_measured_budget(n_train, fp32_epochs, qat_epochs, generic_epochs):
+    """Below 2,000 rows each default phase gets the fewest whole epochs that take at least the steps 2,000 rows take;
+    epochs given on the command line are trained as given."""
+    fp32, qat = phases_of(parse_args([]), n_train)
+    assert (fp32.epochs, qat.epochs) == (fp32_epochs, qat_epochs)
+    assert phases_of(args_of("--no-qat"), n_train)[0].epochs == generic_epochs  # another model's default: 3 epochs
+    given = phases_of(parse_args(["--epochs", "1.5", "--qat-epochs", "0.5"]), n_train)
+    assert [p.epochs for p in given] == [1.5, 0.5]
 
 
 def test_defaults_fill_a_new_namespace():
     args = args_of()
-    assert (args.epochs, args.lr) == (3.0, 5e-5) and args.recipe == "fp32-then-qat" and args.target_cpu == "portable"
-    assert parse_args([]).epochs == 2 and parse_args([]).lr == 1e-4  # the default model's recipe
+    assert args.lr == 5e-5 and args.epochs is None and args.recipe == "fp32-then-qat" and args.target_cpu == "portable"
+    assert parse_args([]).lr == 1e-4  # the default model's recipe
 
 
-@pytest.mark.parametrize("change, fragment", [({"epochs": 0}, "--epochs 0"), ({"qat_epochs": 0}, "--qat-epochs 0"),
+@pytest.mark.parametrize("change, fragment", [({"epochs": 0}, "--epochs 0"), ({"qat_epochs": -1}, "--qat-epochs -1"),
                                               ({"max_train_samples": 0}, "--max-train-samples 0"),
                                               ({"distill_weight": 1.5}, "--distill-weight")])
 def test_budgets_that_train_nothing_are_refused(change, fragment):
@@ -240,7 +254,7 @@ def runs(tmp_path_factory):
     train_tiny(w, "fp32-vnni", "--no-qat", "--target-cpu", "vnni", "--epochs", 2)
     run_step("export_to_onnx.py", "--run-name", "fp32-vnni", env=w["env"])
     run_step("quantize_onnx_dynamic.py", "--run-name", "fp32-vnni", "--gate-rows", "0", env=w["env"])
-    train_tiny(w, "recipe", "--epochs", 1, "--max-train-samples", 300)
+    train_tiny(w, "recipe", "--epochs", 1, "--max-train-samples", 1000, qat_epochs=None)  # QAT phase: 2 epochs
     run_steps("recipe", "export_to_onnx.py", "quantize_onnx_dynamic.py", env=w["env"])
     train_tiny(w, "keep-start", "--init-from", "fp32-vnni", "--target-cpu", "vnni", "--qat-lr", "0.5")
     return w
@@ -255,7 +269,9 @@ def test_default_recipe_records_both_phases(runs):
     assert i["recipe"] == "fp32-then-qat" and i["target_cpu"] == "portable" and list(i["phases"]) == ["fp32", "qat"]
     fp32, qat = i["phases"]["fp32"], i["phases"]["qat"]
     assert not fp32["qat"] and qat["qat"] and qat["distill_weight"] == 0.5 and qat["lr"] == 3e-5
-    assert len(fp32["curve"]["val_f1_macro"]) == 1 and fp32["curve"]["loss"]
+    assert fp32["epochs"] == i["epochs"] == 1 and len(fp32["curve"]["val_f1_macro"]) == 1 and fp32["curve"]["loss"]
+    # the QAT phase's default budget on 1,000 rows: 2 epochs (the steps 2,000 rows take), each validated
+    assert qat["epochs"] == 2 and [e for e, _ in qat["curve"]["val_f1_macro"]] == [0.0, 1.0, 2.0]
     assert qat["curve"]["val_f1_macro"][0] == [0.0, qat["start_val_f1_macro"]]  # the start point at epoch 0
     assert i["val_f1_macro"] == qat["val_f1_macro"] >= qat["start_val_f1_macro"]
     for phase in (fp32, qat):  # where the phase's time went

@@ -61,7 +61,7 @@ def test_torchrun_two_cpu_ranks(tmp_path):
     env = {**w["env"], "QAT_DEFAULT_DATA_DIR": str(default), "OMP_NUM_THREADS": "1"}
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
            str(ROOT / "train_eager_qat.py"), "--model", str(w["model"]), "--run-name", "ddp", "--max-length", "32",
-           "--batch-size", "16", "--epochs", "1", "--lr", "2e-3", "--max-train-samples", "256"]
+           "--batch-size", "16", "--epochs", "1", "--qat-epochs", "1", "--lr", "2e-3", "--max-train-samples", "256"]
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=ROOT, timeout=900)
     out = proc.stdout + proc.stderr
     assert proc.returncode == 0, out[-4000:]

@@ -136,7 +136,7 @@ def test_latency_times_n_texts_after_a_separate_warm_up(tiny_bert, n, expected):
 
 def training_args_as_the_script_builds_them(monkeypatch, tmp_path, *argv):
     args = train_eager_qat.parse_args(list(argv))
-    return train_eager_qat.training_arguments(args, train_eager_qat.phases_of(args)[0], tmp_path / "ckpt")
+    return train_eager_qat.training_arguments(args, train_eager_qat.phases_of(args, 2000)[0], tmp_path / "ckpt")
 
 
 def test_scheduler_warms_up_over_the_given_ratio(monkeypatch, tmp_path):
