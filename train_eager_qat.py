@@ -56,15 +56,15 @@ def parse_args(argv=None):
                    help="fp32-then-qat: FP32 fine-tune, then a QAT fine-tune distilled from it (one run); "
                         "qat-from-pretrained: one QAT phase from the pretrained model, no teacher")
     p.add_argument("--epochs", type=float, default=None,
-                   help=f"epochs of the FP32 phase (qat-from-pretrained: of its one phase); default: "
+                   help=f"epochs of the FP32 phase (of the one phase of qat-from-pretrained) (default: "
                         f"{RECIPES['default']['epochs']:g} for --model default, {GENERIC_RECIPE['epochs']:g} for others, "
-                        f"on {BUDGET_ROWS:,} training rows or more; fewer rows get more epochs, the same steps")
+                        f"on {BUDGET_ROWS:,} training rows or more; fewer rows get more epochs, as many steps)")
     p.add_argument("--lr", type=float, default=None,
                    help=f"peak learning rate of that phase; default: {RECIPES['default']['lr']:g} for --model default, "
                         f"{GENERIC_RECIPE['lr']:g} for others")
     p.add_argument("--qat-epochs", type=float, default=None,
-                   help=f"epochs of the QAT phase of fp32-then-qat; default: {QAT_PHASE['qat_epochs']:g} on "
-                        f"{BUDGET_ROWS:,} training rows or more, more epochs (the same steps) on fewer")
+                   help=f"epochs of the QAT phase of fp32-then-qat (default: {QAT_PHASE['qat_epochs']:g} on "
+                        f"{BUDGET_ROWS:,} training rows or more; fewer rows get more epochs, as many steps)")
     p.add_argument("--qat-lr", type=float, default=QAT_PHASE["qat_lr"], help="peak learning rate of the QAT phase")
     p.add_argument("--distill-weight", type=float, default=QAT_PHASE["distill_weight"],
                    help="QAT phase loss = (1 - w) x cross-entropy + w x distillation from the FP32 model (0: none)")
