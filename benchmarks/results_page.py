@@ -134,6 +134,12 @@ def fresh_clone() -> tuple:
     return "fresh-clone", "The main job on a fresh clone", "\n".join(L)
 
 
+def reading_link(report: Path) -> str:
+    """A link to the report's hand-written reading, when it has one."""
+    reading = report.with_name(f"{report.stem}_reading.md")
+    return f" ([reading](reports/{reading.name}))" if reading.is_file() else ""
+
+
 def smsa() -> tuple:
     rows = []
     for path in sorted(REPORTS.glob("pipeline_*.json")):
@@ -151,7 +157,7 @@ def smsa() -> tuple:
             f"{pct(p['onnx_int8_dynamic_per_text vs eager_qat_per_text']['agreement'], 1)} / "
             f"{pct(p['onnx_int8_dynamic vs eager_qat']['agreement'], 1)} | {s['onnx_int8_dynamic']['model_size_mb']:.1f} MB | "
             f"{minutes(train_s)} | {d['peak_rss_mb'] / 1024:.1f} GB | {day(d['date'])}, {cpu_text(d['cpu'], d.get('cores'))} | "
-            f"[`{path.stem}.md`](reports/{path.stem}.md): `{pipeline_command(d)}` |")
+            f"[`{path.stem}.md`](reports/{path.stem}.md){reading_link(path)}: `{pipeline_command(d)}` |")
     if not rows:
         return None
     L = ["The default model (multilingual-e5-small) on SmSA (`../shared/data/smsa`, 500 test rows, 3 labels), seed 0, "
@@ -191,6 +197,24 @@ def ptq_command(cfg: dict) -> str:
     return " ".join(["python benchmarks/ptq_vs_qat.py", *args])
 
 
+def budget_text(d: dict) -> str:
+    """The phases' epochs a ptq_vs_qat report's arms trained (the same for every seed)."""
+    b = d["per_seed"][0]["budget"]
+    return f"{b['fp32']['epochs']:g} FP32 epoch(s) + {b['qat']['epochs']:g} QAT epoch(s)"
+
+
+def trained_todays_default(d: dict) -> bool:
+    """Whether a ptq_vs_qat report's arms trained the epochs today's default recipe gives their model and training
+    rows (train_eager_qat.phases_of), so that the report speaks for the recipe a user gets now."""
+    sys.path.insert(0, str(ROOT))
+    import train_eager_qat
+
+    cfg = d["config"]
+    phases = train_eager_qat.phases_of(train_eager_qat.parse_args(["--model", cfg["model"]]), cfg["max_train_samples"])
+    return all([r["budget"]["fp32"]["epochs"], r["budget"]["qat"]["epochs"]] == [p.epochs for p in phases]
+               for r in d["per_seed"])
+
+
 def ptq_vs_qat() -> tuple:
     L = []
     for path in sorted(REPORTS.glob("ptq_vs_qat*.json")):
@@ -200,7 +224,8 @@ def ptq_vs_qat() -> tuple:
         if "paired" in d:  # the current benchmark: FP32 phase, then QAT phase, per weight setting
             settings = [k[len("qat_"):] for k in rows[0] if k.startswith("qat_")]
             L += [f"**{path.stem}**: model `{cfg.get('model', 'default')}`, {len(rows)} seeds, "
-                  f"{cfg.get('max_train_samples')} training rows, max length "
+                  f"{cfg.get('max_train_samples')} training rows, {budget_text(d)}"
+                  f"{'' if trained_todays_default(d) else ' (not the default budget for this size today)'}, max length "
                   f"{cfg.get('max_length')}; macro-F1 in %, mean ± std over seeds; QAT − PTQ: paired mean difference "
                   "in points with its bootstrap 95% interval.", "",
                   "| weights | FP32 | PTQ INT8 | QAT INT8 (default recipe) | QAT − PTQ | 95% interval | QAT agrees with "
@@ -384,9 +409,11 @@ def headline() -> str:
                     f"[SmSA](benchmarks/README.md#smsa) |")
     for path in sorted(REPORTS.glob("ptq_vs_qat*.json")):
         d = json.loads(path.read_text())
-        if "paired" in d:
+        # the default model's reports whose arms trained today's default budget for their size
+        if "paired" in d and d["config"]["model"] == "default" and trained_todays_default(d):
             for s, st in d["paired"].items():
-                rows.append(f"| default recipe − PTQ, INT8 macro-F1 points ({s} weights, {len(d['per_seed'])} seeds) | "
+                rows.append(f"| default recipe − PTQ, INT8 macro-F1 points ({s} weights, {len(d['per_seed'])} seeds, "
+                            f"{d['config']['max_train_samples']:,} training rows) | "
                             f"{100 * st['qat_vs_ptq']['f1_diff_mean']:+.2f} | {day(d['date'])}, {cpu_text(d['cpu'])} | "
                             f"[PTQ vs QAT](benchmarks/README.md#ptq-vs-qat) |")
     if (REPORTS / "speed.json").is_file():

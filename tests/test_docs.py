@@ -186,16 +186,17 @@ def test_links_between_the_readmes_land_on_a_heading(doc):
     assert not wrong, f"{doc} links to headings that do not exist: {wrong}"
 
 
-def synthetic_ptq_report(new: bool) -> dict:
+def synthetic_ptq_report(new: bool, fp32_epochs: float = 2) -> dict:
     seeds = [{"seed": s, "fp32": {"f1_macro": 0.80 + s / 100}} for s in (1, 2)]
     for r in seeds:
         if new:
+            r["budget"] = {"fp32": {"epochs": fp32_epochs, "lr": 1e-4}, "qat": {"epochs": 1.0, "lr": 3e-5}}
             for setting in ("7bit", "8bit"):
                 r[f"ptq_{setting}"] = {"f1_macro": 0.78, "agreement_with_source": 0.93}
                 r[f"qat_{setting}"] = {"f1_macro": 0.79, "agreement_with_source": 0.99, "kept": "trained"}
         else:
             r.update(ptq={"f1_macro": 0.78}, qat={"f1_macro": 0.77})
-    report = {"config": {"report_name": "x", "max_train_samples": 2000, "max_length": 128},
+    report = {"config": {"report_name": "x", "model": "default", "max_train_samples": 2000, "max_length": 128},
               "cpu": {"model": "Test CPU", "flags": {"avx2": True}}, "per_seed": seeds}
     if new:
         stat = {"f1_diff_mean": 0.0123, "f1_diff_ci95": [-0.01, 0.03]}
@@ -213,6 +214,16 @@ def test_the_results_page_reads_both_formats_of_the_ptq_vs_qat_report(tmp_path, 
     assert "measured 2026-12-04 on Test CPU" in body and "python benchmarks/ptq_vs_qat.py" in body
     assert "ptq_vs_qat_old" in body and "| 81.50 ± 0.71 | 78.00 ± 0.00 | 77.00 ± 0.00 |" in body
     assert "+1.23 | 2026-12-04" in results_page.headline()
+
+
+def test_reports_of_another_budget_stay_out_of_the_headline(tmp_path, monkeypatch):
+    """A report whose arms trained other epochs than today's default gives the size (here 3 FP32 epochs on 2,000
+    rows, default 2) is marked in its section and gives no headline row: the headline speaks for the default."""
+    (tmp_path / "ptq_vs_qat_recipe.json").write_text(json.dumps(synthetic_ptq_report(new=True, fp32_epochs=3)))
+    monkeypatch.setattr(results_page, "REPORTS", tmp_path)
+    body = dict((a, b) for a, _, b in results_page.sections())["ptq-vs-qat"]
+    assert "3 FP32 epoch(s) + 1 QAT epoch(s) (not the default budget for this size today)" in body
+    assert "+1.23" in body and "+1.23" not in results_page.headline()
 
 
 def test_a_re_measured_report_fails_the_figure_check(tmp_path, monkeypatch):
