@@ -64,6 +64,9 @@ class QuantConfig:
     quantized_embeddings: list[str] = field(default_factory=list)
     packed_weights: list[list[str]] = field(default_factory=list)  # Linears quantized as one tensor (fused QKV)
     quantized_layernorms: list[str] = field(default_factory=list)  # LayerNorm params quantized (fused embeddings)
+    # Linear -> fraction of its weight range kept (plan_weight_clip): training simulates the weight clamped to it;
+    # bake_weight_clip writes the clamp into the weights, after which quantize_dynamic's min/max is that range
+    weight_clip: dict[str, float] = field(default_factory=dict)
 
     def __post_init__(self):
         if self.weight_type not in WEIGHT_TYPES:
@@ -214,6 +217,81 @@ def fake_quant_weight_int(w: torch.Tensor, cfg: QuantConfig, packed: torch.Tenso
     return quantize_int(w, scale, zero_point, lo, hi), scale
 
 
+def clipped_range(rmin: torch.Tensor, rmax: torch.Tensor, fraction: float,
+                  weight_type: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """The bounds a weight with range [rmin, rmax] is clamped to when fraction of its range is kept, in float32:
+    [-a, a] with a = fraction * max(|rmin|, |rmax|) for int8 (symmetric: the scale depends on that absmax alone),
+    fraction * [rmin, rmax] for uint8 (asymmetric). After the clamp, ORT's range of the weight gives the same scale."""
+    if fraction >= 1.0:
+        return rmin, rmax
+    if weight_type == "int8":
+        absmax = torch.maximum(rmin.float().abs(), rmax.float().abs()) * fraction
+        return -absmax, absmax
+    return rmin.float() * fraction, rmax.float() * fraction
+
+
+def clamp_to_range(w: torch.Tensor, rmin: torch.Tensor, rmax: torch.Tensor) -> torch.Tensor:
+    """w clamped to a (per tensor or per output channel) range. The clamp's gradient is zero for clipped weights, as in
+    the exported model, where they do not move the output."""
+    shape = (-1,) + (1,) * (w.dim() - 1)
+    return torch.clamp(w, rmin.reshape(shape).to(w.dtype), rmax.reshape(shape).to(w.dtype))
+
+
+CLIP_FRACTIONS = tuple(round(0.3 + 0.01 * i, 2) for i in range(71))  # 0.30 .. 1.00
+
+
+def weight_clip_error(weights: list[torch.Tensor], cfg: QuantConfig, fraction: float) -> float:
+    """Squared error of ORT's quantization of weights (one tensor, or the parts of a packed one) after clamping them to
+    fraction of their joint range."""
+    ranges = [tensor_range(w, cfg.per_channel) for w in weights]
+    rmin, rmax = clipped_range(torch.stack([r[0] for r in ranges]).amin(dim=0),
+                               torch.stack([r[1] for r in ranges]).amax(dim=0), fraction, cfg.weight_type)
+    scale, zero_point, lo, hi = qparams_from_range(rmin, rmax, cfg.weight_type, cfg.reduce_range)
+    with torch.no_grad():
+        return sum(float(((quantize_int(clamp_to_range(w, rmin, rmax), scale, zero_point, lo, hi)
+                           * scale.reshape((-1,) + (1,) * (w.dim() - 1)) - w) ** 2).sum()) for w in weights)
+
+
+def plan_weight_clip(model: nn.Module, cfg: QuantConfig) -> QuantConfig:
+    """cfg with weight_clip filled: for every quantized Linear (packed ones as one tensor) the fraction of its range,
+    from CLIP_FRACTIONS, that minimizes the squared error of its quantized weights now. Outlying weights set the
+    scale of a whole tensor; clipping them trades their error for a finer grid for the rest."""
+    from dataclasses import replace
+
+    modules = dict(model.named_modules())
+    packed = {n: g for g in cfg.packed_weights for n in g} if not cfg.per_channel else {}
+    clip = {}
+    for name in cfg.quantized_linears:
+        if name in clip:
+            continue
+        group = packed.get(name, [name])
+        weights = [modules[n].weight.detach().float() for n in group]
+        fraction = min(CLIP_FRACTIONS, key=lambda f: (weight_clip_error(weights, cfg, f), -f))
+        clip.update({n: fraction for n in group})
+    return replace(cfg, weight_clip=clip)
+
+
+def bake_weight_clip(model: nn.Module, cfg: QuantConfig) -> QuantConfig:
+    """Clamp the weights of cfg.weight_clip's Linears to the clipped range training simulated, in place; returns cfg
+    without weight_clip. The clamped weights' own min/max is that range, so quantize_dynamic (and the simulation of the
+    saved model) compute exactly what training simulated."""
+    from dataclasses import replace
+
+    modules = dict(model.named_modules())
+    packed = {n: g for g in cfg.packed_weights for n in g} if not cfg.per_channel else {}
+    with torch.no_grad():
+        ranges = {}
+        for name, fraction in cfg.weight_clip.items():  # every range first: a packed group's is over all its parts
+            group = packed.get(name, [name])
+            parts = [tensor_range(modules[n].weight, cfg.per_channel) for n in group]
+            ranges[name] = clipped_range(torch.stack([r[0] for r in parts]).amin(dim=0),
+                                         torch.stack([r[1] for r in parts]).amax(dim=0), fraction, cfg.weight_type)
+        for name, (rmin, rmax) in ranges.items():
+            w = modules[name].weight
+            w.copy_(clamp_to_range(w, rmin, rmax))
+    return replace(cfg, weight_clip={})
+
+
 def table_qparams(w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, float, float]:
     """Gather data quantization (GatherQuant, QEmbedLayerNormalization): uint8 asymmetric per tensor, no
     reduce_range."""
@@ -326,6 +404,7 @@ class QuantLinear(_QuantModule, nn.Linear):
 
     quant_config: QuantConfig
     packed_with: tuple = ()  # the Linears (self included) whose weights ORT packs into one tensor
+    clip_fraction: float = 1.0  # of the weight's (group's) range that is kept (QuantConfig.weight_clip)
 
     def _weight_range(self):
         return _memo(self, "_range_cache", (self.weight,),
@@ -341,12 +420,17 @@ class QuantLinear(_QuantModule, nn.Linear):
         ranges = [m._weight_range() for m in group]  # a packed tensor's range: over all its parts
         rmin = torch.stack([r[0] for r in ranges]).amin(dim=0)
         rmax = torch.stack([r[1] for r in ranges]).amax(dim=0)
+        rmin, rmax = clipped_range(rmin, rmax, self.clip_fraction, cfg.weight_type)
         scale, zero_point, lo, hi = qparams_from_range(rmin, rmax, cfg.weight_type, cfg.reduce_range)
+
+        def weight():  # as exported: clamped to the clipped range (bake_weight_clip)
+            return self.weight if self.clip_fraction >= 1.0 else clamp_to_range(self.weight, rmin, rmax)
+
         if torch.is_grad_enabled():  # training: q carries the weight's straight-through gradient
-            q = quantize_int(self.weight, scale, zero_point, lo, hi)
+            q = quantize_int(weight(), scale, zero_point, lo, hi)
         else:  # a cache made under inference_mode could not be used in training; inference_mode(False) enables grad
             with torch.inference_mode(False), torch.no_grad():
-                q = quantize_int(self.weight, scale, zero_point, lo, hi)
+                q = quantize_int(weight(), scale, zero_point, lo, hi)
         return q, scale, _max_row_norm(q)
 
     def forward(self, x):
@@ -418,6 +502,8 @@ def apply_fake_quant(model: nn.Module, cfg: QuantConfig) -> nn.Module:
     for group in cfg.packed_weights:
         for name in group:
             modules[name].packed_with = tuple(modules[n] for n in group)
+    for name, fraction in cfg.weight_clip.items():
+        modules[name].clip_fraction = fraction
     for name in cfg.quantized_layernorms:
         modules[name].__class__ = QuantLayerNorm
     return model
@@ -431,6 +517,6 @@ def remove_fake_quant(model: nn.Module) -> nn.Module:
             m.__class__ = nn.Embedding
         elif isinstance(m, QuantLayerNorm):
             m.__class__ = nn.LayerNorm
-        for attr in ("packed_with", "quant_config", *CACHES):
+        for attr in ("packed_with", "quant_config", "clip_fraction", *CACHES):
             m.__dict__.pop(attr, None)
     return model

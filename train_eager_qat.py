@@ -21,6 +21,7 @@ import copy
 import json
 import math
 import shutil
+import statistics
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -84,6 +85,10 @@ def parse_args(argv=None):
                    help="the CPUs the INT8 model must compute exactly on: portable = any x86 CPU (7-bit weights, "
                         "reduce_range); vnni = x86 CPUs with VNNI or AMX only (8-bit weights; other CPUs refuse to "
                         "load it); native = vnni when this CPU has VNNI, else portable")
+    p.add_argument("--weight-clip", choices=("none", "mse"), default="none",
+                   help="mse: at the start of the QAT phase, clip each Linear's weights to the fraction of their range "
+                        "that minimizes their quantization error, and train with that clip; the saved weights are "
+                        "clamped to it, so the INT8 model computes what was trained")
     p.add_argument("--optimize-graph", action=argparse.BooleanOptionalAction, default=False,
                    help="fuse the ONNX graph (Attention, EmbedLayerNormalization, ...) before quantization; training "
                         "then simulates the fused quantization (one scale for the packed Q/K/V weight)")
@@ -109,6 +114,8 @@ def check_budget(args) -> None:
             raise PipelineError(f"{option} {epochs:g}: train more than 0 epochs (or leave it out for the default)")
     if args.max_train_samples is not None and args.max_train_samples < 2:
         raise PipelineError(f"--max-train-samples {args.max_train_samples}: train on at least 2 rows (or leave it out)")
+    if args.weight_clip != "none" and args.no_qat:
+        raise PipelineError("--weight-clip clips weights in the QAT phase, which --no-qat skips: leave one of them out")
     if not 0 <= args.distill_weight <= 1 or args.distill_temperature <= 0:
         raise PipelineError("--distill-weight must be within 0..1 and --distill-temperature more than 0")
 
@@ -435,7 +442,7 @@ def main():
     from transformers import DataCollatorWithPadding, set_seed
 
     from common import load_run_model
-    from quant_sim import plan_quantization, remove_fake_quant
+    from quant_sim import bake_weight_clip, plan_quantization, plan_weight_clip, remove_fake_quant
 
     rdir = run_dir(args)
     ensure_default_data(args.data_dir)
@@ -488,6 +495,11 @@ def main():
     records = {}
     try:
         for phase in phases:
+            if phase.qat and args.weight_clip == "mse":  # chosen on the weights the QAT phase starts from
+                qcfg = plan_weight_clip(model, qcfg)
+                print(f"weight clip: {sum(f < 1 for f in qcfg.weight_clip.values())} of {len(qcfg.weight_clip)} "
+                      f"Linears clipped, median fraction of the range kept "
+                      f"{statistics.median(qcfg.weight_clip.values()):.2f}")
             model, records[phase.name], main_process = train_phase(phase, model, data, args, qcfg, weights, ckpt_dir)
     finally:
         shutil.rmtree(ckpt_dir, ignore_errors=True)
@@ -496,6 +508,8 @@ def main():
     final = records[phases[-1].name]
 
     model = remove_fake_quant(model).cpu()
+    weight_clip = qcfg.weight_clip
+    qcfg = bake_weight_clip(model, qcfg)  # the saved weights are the clamped ones training simulated
     with atomic_files(rdir) as tmp:
         torch.save(model.state_dict(), tmp / STATE_DICT_FILE)
         model.config.save_pretrained(tmp)
@@ -509,6 +523,7 @@ def main():
             "epochs": phases[0].epochs, "lr": phases[0].lr, "batch_size": args.batch_size, "n_train": len(train.texts),
             "init_from": args.init_from, "freeze_embeddings": args.freeze_embeddings,
             "group_by_length": args.group_by_length, "class_weight": args.class_weight,
+            "weight_clip": args.weight_clip, "weight_clip_fractions": weight_clip,
             "loss_weights": dict(zip(labels, map(float, weights))), "target_cpu": qcfg.target_cpu,
             "world_size": final["world_size"],
             "val_accuracy": final["val_accuracy"], "val_f1_macro": final["val_f1_macro"],

@@ -6,8 +6,9 @@ For each seed, from the same pretrained checkpoint, data order and hyper-paramet
            (reduce_range, --target-cpu portable)
   qat_8bit / qat_7bit   the default recipe's QAT phase for that target, started from (and distilled from) the same
            FP32 model (--init-from): the arms share their FP32 phase, so the one-command recipe is FP32 + this phase
-With --ablations, for the first seed only and 7-bit weights: the QAT phase without distillation (--distill-weight 0)
-and QAT from the pretrained model (--recipe qat-from-pretrained, the old default).
+With --ablations, for the first seed only and 7-bit weights: the QAT phase without distillation (--distill-weight 0),
+QAT from the pretrained model (--recipe qat-from-pretrained, the old default) and the QAT phase with weights clipped to
+their least-error range (--weight-clip mse).
 Paired statistics per weight setting: per-seed macro-F1 differences (QAT - PTQ, QAT - FP32), a bootstrap 95% interval
 of their mean over seeds (test rows resampled, the same rows for every seed and arm), and McNemar's exact test on the
 rows one model gets right and the other wrong (pooled over seeds). 7-bit weights are exact on every x86 CPU, 8-bit
@@ -41,7 +42,8 @@ NO_LATENCY = ["--latency-samples", "0"]  # this report uses no latency: the eval
 TARGETS = {"7bit": "portable", "8bit": "vnni"}  # weight setting -> train_eager_qat.py --target-cpu
 N_BOOT = 1000
 ABLATIONS = {"nodistill": "QAT phase without distillation (--distill-weight 0)",
-             "pretrained": "QAT from the pretrained model (--recipe qat-from-pretrained)"}
+             "pretrained": "QAT from the pretrained model (--recipe qat-from-pretrained)",
+             "clip": "QAT phase with clipped weights (--weight-clip mse)"}
 
 
 def build_parser():
@@ -68,8 +70,9 @@ def build_parser():
                    help="train and evaluate no arm: the report of the runs already in --work-dir for --seeds and "
                         "--settings (e.g. the seeds an interrupted benchmark finished); --ablations still train")
     p.add_argument("--ablations", nargs="*", choices=list(ABLATIONS), default=None,
-                   help="first seed, 7-bit: the default recipe with a piece switched off: 'nodistill' (the QAT phase "
-                        "without distillation), 'pretrained' (QAT from the pretrained model); alone: both")
+                   help="first seed, 7-bit: the default recipe with one piece changed: 'nodistill' (the QAT phase "
+                        "without distillation), 'pretrained' (QAT from the pretrained model), 'clip' (the QAT phase "
+                        "with clipped weights); alone: all")
     p.add_argument("--report-name", default="ptq_vs_qat",
                    help="the report's file names in --out-dir: NAME.{md,json,png}; a hand reading is NAME_reading.md")
     p.add_argument("--work-dir", default=str(ROOT / "benchmarks" / ".cache" / "ptq_vs_qat"))
@@ -152,6 +155,8 @@ class Runner:
         if not t.no_qat:  # an FP32 run's weights do not depend on it (its INT8 model is re-quantized per setting)
             want["target_cpu"] = t.target_cpu
         out = [f"{k} {info.get(k)} (now {v})" for k, v in want.items() if info.get(k) != v]
+        if info.get("weight_clip", "none") != t.weight_clip:  # runs from before the option: none
+            out.append(f"weight_clip {info.get('weight_clip', 'none')} (now {t.weight_clip})")
         for phase in train_eager_qat.phases_of(t, info["n_train"]):
             rec = info["phases"].get(phase.name, {})
             out += [f"{phase.name} phase {k} {rec.get(k)} (now {v})" for k, v in asdict(phase).items()
@@ -534,7 +539,8 @@ def run_ablation(r: Runner, seed: int) -> dict:
         sys.exit(f"the ablations would differ from the default recipe's runs in {r.work} in more than the piece "
                  f"switched off ({'; '.join(differ)}): give the options those runs were trained with")
     flags_of = {"nodistill": ["--init-from", f"fp32-s{seed}", "--distill-weight", "0"],
-                "pretrained": ["--recipe", "qat-from-pretrained"]}
+                "pretrained": ["--recipe", "qat-from-pretrained"],
+                "clip": ["--init-from", f"fp32-s{seed}", "--weight-clip", "mse"]}
     for key in r.args.ablations or ABLATIONS:
         flags, run = flags_of[key], f"qat-s{seed}-7bit-{key}"
         r.train(run, seed, "--target-cpu", "portable", *flags)

@@ -225,8 +225,8 @@ def test_each_ablation_switches_off_one_piece(smoke, monkeypatch):
     monkeypatch.setattr(runner, "deploy", lambda run: runner.metrics("qat-s7-7bit"))
     monkeypatch.setattr(ptq_vs_qat, "training_record", lambda r, run: {})
     out = ptq_vs_qat.run_ablation(runner, 7)
-    assert list(out) == ["nodistill", "pretrained"]
-    assert list(trained) == ["qat-s7-7bit-nodistill", "qat-s7-7bit-pretrained"]
+    assert list(out) == ["nodistill", "pretrained", "clip"]
+    assert list(trained) == ["qat-s7-7bit-nodistill", "qat-s7-7bit-pretrained", "qat-s7-7bit-clip"]
     nodistill, pretrained = trained["qat-s7-7bit-nodistill"], trained["qat-s7-7bit-pretrained"]
     default = runner.train_argv("qat-s7-7bit", 7, ["--init-from", "fp32-s7", "--target-cpu", "portable"])
 
@@ -241,9 +241,10 @@ def test_each_ablation_switches_off_one_piece(smoke, monkeypatch):
     assert options(nodistill) == {**default, "--run-name": "qat-s7-7bit-nodistill", "--distill-weight": "0"}
     assert options(pretrained) == {**{k: v for k, v in default.items() if k != "--init-from"},
                                    "--run-name": "qat-s7-7bit-pretrained", "--recipe": "qat-from-pretrained"}
+    assert options(trained["qat-s7-7bit-clip"]) == {**default, "--run-name": "qat-s7-7bit-clip", "--weight-clip": "mse"}
     row = smoke["report"]["per_seed"][0]
     lines = "\n".join(ptq_vs_qat.ablation_lines(row, {key: row["qat_7bit"] for key in out}))
-    assert "without distillation" in lines and "from the pretrained model" in lines
+    assert "without distillation" in lines and "from the pretrained model" in lines and "clipped weights" in lines
 
 
 def test_reuse_keeps_only_runs_trained_as_asked(smoke, monkeypatch, tmp_path):

@@ -26,7 +26,7 @@ from onnxruntime.quantization.quant_utils import quantize_data
 from common import has_vnni
 from quant_sim import (QuantConfig, apply_fake_quant, remove_fake_quant, dynamic_activation_qparams, fake_quant_activation_int,
                        fake_quant_embedding_table, fake_quant_weight_int, int_matmul, plan_quantization,
-                       weight_qparams)
+                       plan_weight_clip, weight_qparams)
 
 CONFIGS = [QuantConfig(weight_type=w, per_channel=pc, reduce_range=rr)
            for w, pc, rr in itertools.product(["int8", "uint8"], [False, True], [False, True])]
@@ -304,3 +304,64 @@ def test_optimizer_steps_reach_the_simulated_weights(tiny_bert, switch_modes):
         assert torch.equal(after, uncached) and torch.equal(again, uncached)
         assert (after - before).abs().max() > 1e-3
         before = after
+
+
+def test_plan_weight_clip_clips_outliers_only():
+    """A weight whose range is set by a few outliers gets a clip (they would set a coarse grid for all the others);
+    an evenly spread one keeps (almost) its whole range; the chosen clip's error is below the unclipped one's."""
+    from quant_sim import plan_weight_clip, weight_clip_error
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(256, 256), torch.nn.Linear(256, 256))
+    with torch.no_grad():
+        model[0].weight.normal_()
+        model[0].weight[0, :3] = torch.tensor([8.0, -9.0, 10.0])
+        model[1].weight.uniform_(-1, 1)
+    cfg = plan_quantization(model, QuantConfig(weight_type="int8", reduce_range=True))
+    clipped = plan_weight_clip(model, cfg)
+    assert cfg.weight_clip == {}  # a new config: the planned one is left as it was
+    assert clipped.weight_clip["0"] < 0.7 and clipped.weight_clip["1"] >= 0.95, clipped.weight_clip
+    w = [model[0].weight.detach()]
+    assert weight_clip_error(w, cfg, clipped.weight_clip["0"]) < 0.7 * weight_clip_error(w, cfg, 1.0)
+
+
+@pytest.mark.parametrize("optimize", [False, True], ids=["plain", "optimized-graph"])
+@pytest.mark.parametrize("cfg", [CONFIGS[1], CONFIGS[3], CONFIGS[6]], ids=[CONFIG_IDS[1], CONFIG_IDS[3], CONFIG_IDS[6]])
+def test_clipped_weights_baked_match_onnxruntime_int8(tiny_bert, tmp_path, cfg, optimize):
+    """Training simulates clipped weights; bake_weight_clip writes the clamp into them; quantize_dynamic of the export
+    then computes what training simulated (its min/max is the clipped range), and the clip changed the model."""
+    import copy
+    import dataclasses
+
+    from common import make_batches, model_input_names
+    from export_to_onnx import export
+    from quant_sim import bake_weight_clip
+    from quantize_onnx_dynamic import quantize
+
+    if saturates(cfg):
+        pytest.skip("this CPU's U8S8 kernel saturates without reduce_range; test_linear_matches_onnxruntime checks it")
+    model, tokenizer = tiny_bert
+    names = model_input_names(tokenizer, model.config)
+    batches = make_batches(TEXTS, tokenizer, names, max_length=32, batch_size=8)
+    cfg = plan_quantization(model, dataclasses.replace(cfg, optimize_graph=optimize))
+    # every Linear clipped, the packed Q/K/V as one tensor (one fraction per group)
+    clipped = dataclasses.replace(cfg, weight_clip={n: 0.55 + 0.01 * (i % 7) for i, n in enumerate(cfg.quantized_linears)})
+    for group in cfg.packed_weights:
+        clipped.weight_clip.update({n: clipped.weight_clip[group[0]] for n in group})
+    trained = apply_fake_quant(copy.deepcopy(model), clipped)  # what training simulates
+    plain = apply_fake_quant(copy.deepcopy(model), cfg)
+    baked = copy.deepcopy(model)
+    saved = bake_weight_clip(baked, clipped)
+    assert saved.weight_clip == {} and clipped.weight_clip
+    export(baked, batches[-1][1], tmp_path / "fp32.onnx", 17)
+    quantize(tmp_path / "fp32.onnx", tmp_path / "int8.onnx", saved, model.config.to_dict())
+    sess = ort.InferenceSession(str(tmp_path / "int8.onnx"), providers=["CPUExecutionProvider"])
+    reloaded = apply_fake_quant(copy.deepcopy(baked), saved)  # what the evaluations simulate from the saved weights
+    for _, batch in batches:
+        inputs = {k: torch.from_numpy(v) for k, v in batch.items()}
+        with torch.no_grad():
+            y_trained, y_plain = trained(**inputs).logits.numpy(), plain(**inputs).logits.numpy()
+            assert torch.equal(reloaded(**inputs).logits, torch.from_numpy(y_trained))
+        y_ort = sess.run(["logits"], batch)[0]
+        assert np.abs(y_trained - y_ort).max() <= 1e-5, np.abs(y_trained - y_ort).max()
+        assert np.abs(y_trained - y_plain).max() > 1e-3  # the clip changed what is computed

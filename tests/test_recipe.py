@@ -257,6 +257,8 @@ def runs(tmp_path_factory):
     train_tiny(w, "recipe", "--epochs", 1, "--max-train-samples", 1000, qat_epochs=None)  # QAT phase: 2 epochs
     run_steps("recipe", "export_to_onnx.py", "quantize_onnx_dynamic.py", env=w["env"])
     train_tiny(w, "keep-start", "--init-from", "fp32-vnni", "--target-cpu", "vnni", "--qat-lr", "0.5")
+    train_tiny(w, "clip", "--init-from", "fp32-vnni", "--weight-clip", "mse")
+    run_steps("clip", "export_to_onnx.py", "quantize_onnx_dynamic.py", env=w["env"])  # its gate: INT8 = simulation
     return w
 
 
@@ -295,6 +297,23 @@ def test_qat_phase_keeps_its_start_unless_training_beats_it(runs):
     kept = torch.load(runs["tmp"] / "models" / "keep-start" / "model_qat.pth", weights_only=True)
     same = all(torch.equal(start[k], kept[k]) for k in start)
     assert same == (qat["kept"] == "start")
+
+
+def test_weight_clip_is_chosen_on_the_start_and_baked_into_the_saved_weights(runs):
+    """--weight-clip mse: the clip of each Linear is chosen on the weights the QAT phase starts from and recorded; the
+    saved weights are clamped to it, so the saved quantization settings carry no clip (quantize_dynamic's min/max of
+    the saved weights is the clipped range; that the simulation and ONNX Runtime then agree:
+    tests/test_quant_sim.py::test_clipped_weights_baked_match_onnxruntime_int8, and the quantize step's gate)."""
+    from common import load_run_model
+    from quant_sim import QuantConfig, plan_quantization, plan_weight_clip
+
+    i = info(runs, "clip")
+    rdir = runs["tmp"] / "models"
+    start = load_run_model(rdir / "fp32-vnni")
+    chosen = plan_weight_clip(start, plan_quantization(start, QuantConfig(reduce_range=True))).weight_clip
+    assert i["weight_clip"] == "mse" and i["weight_clip_fractions"] == chosen and min(chosen.values()) < 1.0
+    assert json.loads((rdir / "clip" / "quant_config.json").read_text())["weight_clip"] == {}
+    assert info(runs, "recipe")["weight_clip"] == "none" and info(runs, "recipe")["weight_clip_fractions"] == {}
 
 
 def fake_cpu(monkeypatch, cpu):
