@@ -57,6 +57,8 @@ def build_parser():
     p.add_argument("--qat-epochs", type=float, default=None, help="QAT phase epochs (default: train_eager_qat.py's)")
     p.add_argument("--qat-lr", type=float, default=None, help="QAT phase learning rate (default: train_eager_qat.py's)")
     p.add_argument("--distill-weight", type=float, default=None, help="default: train_eager_qat.py's")
+    p.add_argument("--weight-clip", choices=("none", "mse"), default=None,
+                   help="the QAT arms' --weight-clip (default: train_eager_qat.py's); the FP32 arms are not clipped")
     p.add_argument("--max-length", type=int, default=128)
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--class-weight", choices=("balanced", "none"), default="balanced",
@@ -125,6 +127,8 @@ class Runner:
         a = self.args
         budget = [(f"--{k.replace('_', '-')}", getattr(a, k)) for k in ("epochs", "lr", "qat_epochs", "qat_lr",
                                                                        "distill_weight")]
+        if "--no-qat" not in flags:  # a QAT option: --no-qat refuses it
+            budget.append(("--weight-clip", a.weight_clip))
         return ["--model", a.model, "--run-name", run, "--seed", seed, "--max-train-samples", a.max_train_samples,
                 "--class-weight", a.class_weight,
                 *[x for flag, v in budget if v is not None and flag not in flags for x in (flag, v)],
@@ -336,7 +340,9 @@ def write_report(rows, ablation, args, info, out_dir: Path, elapsed_s: float):
          f"{', batches grouped by length' if args.group_by_length else ''}. FP32 phase: {b['fp32']['epochs']:g} "
          f"epoch(s) at lr {b['fp32']['lr']:g}. QAT phase: {b['qat']['epochs']:g} epoch(s) at lr {b['qat']['lr']:g}, "
          f"distillation weight {b['qat']['distill_weight']:g} at temperature {b['qat']['distill_temperature']:g}, "
-         f"started from the same seed's FP32 model, which it keeps when no QAT epoch beats it on validation "
+         + (f"weights clipped (`--weight-clip {b['qat']['weight_clip']}`), "
+            if b["qat"].get("weight_clip", "none") != "none" else "")
+         + f"started from the same seed's FP32 model, which it keeps when no QAT epoch beats it on validation "
          f"(column 'kept'). Test split: {info['n_test']} rows. PTQ = `quantize_dynamic` of the FP32 model; 8-bit "
          f"weights = `--target-cpu vnni`, 7-bit = `--target-cpu portable` (reduce_range). Agreement = share of test "
          f"rows where the INT8 model predicts what its source predicts (FP32 for PTQ, the eager QAT simulation for QAT).",
@@ -489,7 +495,8 @@ def smoke_setup(args):
 def phase_budget(r: Runner, fp32_run: str, qat_run: str) -> dict:
     fp32, qat = run_info(r.work, fp32_run)["phases"]["fp32"], run_info(r.work, qat_run)["phases"]["qat"]
     return {"fp32": {k: fp32[k] for k in ("epochs", "lr")},
-            "qat": {k: qat[k] for k in ("epochs", "lr", "distill_weight", "distill_temperature")}}
+            "qat": {**{k: qat[k] for k in ("epochs", "lr", "distill_weight", "distill_temperature")},
+                    "weight_clip": run_info(r.work, qat_run).get("weight_clip", "none")}}
 
 
 def run_seed(r: Runner, seed: int) -> dict:

@@ -200,7 +200,9 @@ def ptq_command(cfg: dict) -> str:
 def budget_text(d: dict) -> str:
     """The phases' epochs a ptq_vs_qat report's arms trained (the same for every seed)."""
     b = d["per_seed"][0]["budget"]
-    return f"{b['fp32']['epochs']:g} FP32 epoch(s) + {b['qat']['epochs']:g} QAT epoch(s)"
+    clip = b["qat"].get("weight_clip", "none")
+    return (f"{b['fp32']['epochs']:g} FP32 epoch(s) + {b['qat']['epochs']:g} QAT epoch(s)"
+            + (f", QAT weights clipped (`--weight-clip {clip}`)" if clip != "none" else ""))
 
 
 def trained_todays_default(d: dict) -> bool:
@@ -210,9 +212,10 @@ def trained_todays_default(d: dict) -> bool:
     import train_eager_qat
 
     cfg = d["config"]
-    phases = train_eager_qat.phases_of(train_eager_qat.parse_args(["--model", cfg["model"]]), cfg["max_train_samples"])
+    args = train_eager_qat.parse_args(["--model", cfg["model"]])
+    phases = train_eager_qat.phases_of(args, cfg["max_train_samples"])
     return all([r["budget"]["fp32"]["epochs"], r["budget"]["qat"]["epochs"]] == [p.epochs for p in phases]
-               for r in d["per_seed"])
+               and r["budget"]["qat"].get("weight_clip", "none") == args.weight_clip for r in d["per_seed"])
 
 
 def ptq_vs_qat() -> tuple:
@@ -225,7 +228,7 @@ def ptq_vs_qat() -> tuple:
             settings = [k[len("qat_"):] for k in rows[0] if k.startswith("qat_")]
             L += [f"**{path.stem}**: model `{cfg.get('model', 'default')}`, {len(rows)} seeds, "
                   f"{cfg.get('max_train_samples')} training rows, {budget_text(d)}"
-                  f"{'' if trained_todays_default(d) else ' (not the default budget for this size today)'}, max length "
+                  f"{'' if trained_todays_default(d) else ' (not the default recipe for this size today)'}, max length "
                   f"{cfg.get('max_length')}; macro-F1 in %, mean ± std over seeds; QAT − PTQ: paired mean difference "
                   "in points with its bootstrap 95% interval.", "",
                   "| weights | FP32 | PTQ INT8 | QAT INT8 (default recipe) | QAT − PTQ | 95% interval | QAT agrees with "
@@ -364,7 +367,30 @@ def batch_dependence() -> tuple:
     return "batch-dependence", "Batch dependence", "\n".join(L)
 
 
-SECTIONS = (fresh_clone, smsa, ptq_vs_qat, speed, batch_scoring, serving, training_cost, batch_dependence)
+def quant_error_sources() -> tuple:
+    reports = sorted(REPORTS.glob("quant_error_sources*.json"))
+    if not reports:
+        return None
+    L = ["Post-training quantization of a trained FP32 run taken apart: only the named part quantized as "
+         "`quantize_dynamic` does, the rest FP32; the last row of each setting clamps every Linear's weights to their "
+         "least-squared-error range first (`--weight-clip mse` does this in the QAT phase). Logit error = mean |logit - "
+         "FP32 logit| / std of the FP32 logits; agreement = share of rows with the FP32 model's label."]
+    for path in reports:
+        d = load(path.name)
+        L += ["", f"**{path.stem}**: run `{Path(d['run_dir']).name}` (model `{d['model']}`, seed {d['seed']}, "
+              f"{d['n_train']:,} training rows), {d['rows']} {d['split']} rows.", "",
+              "| weights | quantized | macro-F1 | agrees with FP32 | logit error | clip fraction (median, min) |",
+              "|---|---|---|---|---|---|"]
+        for r in d["results"]:
+            clip = f"{r['clip_fraction_median']:.2f}, {r['clip_fraction_min']:.2f}" if "clip_fraction_median" in r else ""
+            L.append(f"| {r['setting']} | {r['source']} | {r['macro_f1']:.2f} | {r['agreement_with_fp32']:.1f}% | "
+                     f"{r['rel_logit_error']:.3f} | {clip} |")
+        L += ["", source_line(path.with_suffix(".md").name, d["date"], cpu_text(d["cpu"], None), d["command"],
+                              d["seconds"])]
+    return "error-sources", "Where the INT8 error comes from", "\n".join(L)
+
+
+SECTIONS = (fresh_clone, smsa, ptq_vs_qat, quant_error_sources, speed, batch_scoring, serving, training_cost, batch_dependence)
 
 
 def sections() -> list[tuple[str, str, str]]:

@@ -186,11 +186,13 @@ def test_links_between_the_readmes_land_on_a_heading(doc):
     assert not wrong, f"{doc} links to headings that do not exist: {wrong}"
 
 
-def synthetic_ptq_report(new: bool, fp32_epochs: float = 2) -> dict:
+def synthetic_ptq_report(new: bool, fp32_epochs: float = 2, weight_clip: str | None = None) -> dict:
     seeds = [{"seed": s, "fp32": {"f1_macro": 0.80 + s / 100}} for s in (1, 2)]
     for r in seeds:
         if new:
             r["budget"] = {"fp32": {"epochs": fp32_epochs, "lr": 1e-4}, "qat": {"epochs": 1.0, "lr": 3e-5}}
+            if weight_clip:  # reports from before --weight-clip record none
+                r["budget"]["qat"]["weight_clip"] = weight_clip
             for setting in ("7bit", "8bit"):
                 r[f"ptq_{setting}"] = {"f1_macro": 0.78, "agreement_with_source": 0.93}
                 r[f"qat_{setting}"] = {"f1_macro": 0.79, "agreement_with_source": 0.99, "kept": "trained"}
@@ -216,13 +218,18 @@ def test_the_results_page_reads_both_formats_of_the_ptq_vs_qat_report(tmp_path, 
     assert "+1.23 | 2026-12-04" in results_page.headline()
 
 
-def test_reports_of_another_budget_stay_out_of_the_headline(tmp_path, monkeypatch):
-    """A report whose arms trained other epochs than today's default gives the size (here 3 FP32 epochs on 2,000
-    rows, default 2) is marked in its section and gives no headline row: the headline speaks for the default."""
-    (tmp_path / "ptq_vs_qat_recipe.json").write_text(json.dumps(synthetic_ptq_report(new=True, fp32_epochs=3)))
+@pytest.mark.parametrize("change, shown", [
+    ({"fp32_epochs": 3}, "3 FP32 epoch(s) + 1 QAT epoch(s) (not the default recipe"),
+    ({"weight_clip": "mse"}, "2 FP32 epoch(s) + 1 QAT epoch(s), QAT weights clipped (`--weight-clip mse`) (not the "
+                             "default recipe")])
+def test_reports_of_another_recipe_stay_out_of_the_headline(tmp_path, monkeypatch, change, shown):
+    """A report whose arms trained otherwise than today's default recipe for the size (here 3 FP32 epochs on 2,000
+    rows, default 2; or clipped QAT weights, default none) is marked in its section and gives no headline row: the
+    headline speaks for the default."""
+    (tmp_path / "ptq_vs_qat_recipe.json").write_text(json.dumps(synthetic_ptq_report(new=True, **change)))
     monkeypatch.setattr(results_page, "REPORTS", tmp_path)
     body = dict((a, b) for a, _, b in results_page.sections())["ptq-vs-qat"]
-    assert "3 FP32 epoch(s) + 1 QAT epoch(s) (not the default budget for this size today)" in body
+    assert shown in body
     assert "+1.23" in body and "+1.23" not in results_page.headline()
 
 
