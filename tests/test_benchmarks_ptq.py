@@ -281,3 +281,17 @@ def test_reuse_keeps_only_runs_trained_as_asked(smoke, monkeypatch, tmp_path):
     monkeypatch.setattr(runner, "step", lambda *a: calls.append(a) or 0.0)
     runner.train("qat-s7-7bit", 7, *qat_flags)
     assert calls and calls[0][0] == "train_eager_qat.py"
+
+
+def test_weight_clip_goes_to_the_qat_arms_only(tmp_path):
+    """--weight-clip mse trains the QAT arms with clipped weights; the FP32 arm (--no-qat, which refuses the option)
+    and an ablation that sets the clip itself get it once or not at all."""
+    import ptq_vs_qat
+
+    runner = ptq_vs_qat.Runner(ptq_vs_qat.parse_args(["--work-dir", str(tmp_path), "--settings", "7bit",
+                                                       "--weight-clip", "mse"]))
+    fp32 = runner.train_argv("fp32-s1", 1, ["--no-qat", "--target-cpu", "portable"])
+    qat = runner.train_argv("qat-s1-7bit", 1, ["--init-from", "fp32-s1", "--target-cpu", "portable"])
+    ablation = runner.train_argv("qat-s1-7bit-clip", 1, ["--init-from", "fp32-s1", "--weight-clip", "mse"])
+    assert "--weight-clip" not in fp32
+    assert qat[qat.index("--weight-clip") + 1] == "mse" and ablation.count("--weight-clip") == 1
