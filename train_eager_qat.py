@@ -87,8 +87,8 @@ def parse_args(argv=None):
                         "load it); native = vnni when this CPU has VNNI, else portable")
     p.add_argument("--weight-clip", choices=("none", "mse"), default="none",
                    help="mse: at the start of the QAT phase, clip each Linear's weights to the fraction of their range "
-                        "that minimizes their quantization error, and train with that clip; the saved weights are "
-                        "clamped to it, so the INT8 model computes what was trained")
+                        "(0.30 to 1.00) that minimizes their quantization error, and train with that clip; the saved "
+                        "weights are clamped to it, so the INT8 model computes what was trained")
     p.add_argument("--optimize-graph", action=argparse.BooleanOptionalAction, default=False,
                    help="fuse the ONNX graph (Attention, EmbedLayerNormalization, ...) before quantization; training "
                         "then simulates the fused quantization (one scale for the packed Q/K/V weight)")
