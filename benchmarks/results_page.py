@@ -231,7 +231,7 @@ def ptq_vs_qat() -> tuple:
                   f"{'' if trained_todays_default(d) else ' (not the default recipe for this size today)'}, max length "
                   f"{cfg.get('max_length')}; macro-F1 in %, mean ± std over seeds; QAT − PTQ: paired mean difference "
                   "in points with its bootstrap 95% interval.", "",
-                  "| weights | FP32 | PTQ INT8 | QAT INT8 (default recipe) | QAT − PTQ | 95% interval | QAT agrees with "
+                  "| weights | FP32 | PTQ INT8 | QAT INT8 (the recipe above) | QAT − PTQ | 95% interval | QAT agrees with "
                   "its simulation (%) | PTQ agrees with FP32 (%) | QAT phase kept its start |",
                   "|---|---|---|---|---|---|---|---|---|"]
             for s in settings:
