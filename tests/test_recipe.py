@@ -207,7 +207,8 @@ def test_defaults_fill_a_new_namespace():
 
 @pytest.mark.parametrize("change, fragment", [({"epochs": 0}, "--epochs 0"), ({"qat_epochs": -1}, "--qat-epochs -1"),
                                               ({"max_train_samples": 0}, "--max-train-samples 0"),
-                                              ({"distill_weight": 1.5}, "--distill-weight")])
+                                              ({"distill_weight": 1.5}, "--distill-weight"),
+                                              ({"no_qat": True, "weight_clip": "mse"}, "--weight-clip")])
 def test_budgets_that_train_nothing_are_refused(change, fragment):
     args = argparse.Namespace(**{**vars(args_of()), **change})
     with pytest.raises(PipelineError, match=fragment):
