@@ -217,6 +217,12 @@ def fake_quant_weight_int(w: torch.Tensor, cfg: QuantConfig, packed: torch.Tenso
     return quantize_int(w, scale, zero_point, lo, hi), scale
 
 
+def joint_range(ranges) -> tuple[torch.Tensor, torch.Tensor]:
+    """The range of a tensor packed from parts, from the parts' (rmin, rmax): ORT quantizes the packed tensor."""
+    ranges = list(ranges)
+    return torch.stack([r[0] for r in ranges]).amin(dim=0), torch.stack([r[1] for r in ranges]).amax(dim=0)
+
+
 def clipped_range(rmin: torch.Tensor, rmax: torch.Tensor, fraction: float,
                   weight_type: str) -> tuple[torch.Tensor, torch.Tensor]:
     """The bounds a weight with range [rmin, rmax] is clamped to when fraction of its range is kept, in float32:
@@ -243,9 +249,8 @@ CLIP_FRACTIONS = tuple(round(0.3 + 0.01 * i, 2) for i in range(71))  # 0.30 .. 1
 def weight_clip_error(weights: list[torch.Tensor], cfg: QuantConfig, fraction: float) -> float:
     """Squared error of ORT's quantization of weights (one tensor, or the parts of a packed one) after clamping them to
     fraction of their joint range."""
-    ranges = [tensor_range(w, cfg.per_channel) for w in weights]
-    rmin, rmax = clipped_range(torch.stack([r[0] for r in ranges]).amin(dim=0),
-                               torch.stack([r[1] for r in ranges]).amax(dim=0), fraction, cfg.weight_type)
+    rmin, rmax = clipped_range(*joint_range(tensor_range(w, cfg.per_channel) for w in weights), fraction,
+                               cfg.weight_type)
     scale, zero_point, lo, hi = qparams_from_range(rmin, rmax, cfg.weight_type, cfg.reduce_range)
     with torch.no_grad():
         return sum(float(((quantize_int(clamp_to_range(w, rmin, rmax), scale, zero_point, lo, hi)
@@ -283,9 +288,8 @@ def bake_weight_clip(model: nn.Module, cfg: QuantConfig) -> QuantConfig:
         ranges = {}
         for name, fraction in cfg.weight_clip.items():  # every range first: a packed group's is over all its parts
             group = packed.get(name, [name])
-            parts = [tensor_range(modules[n].weight, cfg.per_channel) for n in group]
-            ranges[name] = clipped_range(torch.stack([r[0] for r in parts]).amin(dim=0),
-                                         torch.stack([r[1] for r in parts]).amax(dim=0), fraction, cfg.weight_type)
+            ranges[name] = clipped_range(*joint_range(tensor_range(modules[n].weight, cfg.per_channel) for n in group),
+                                         fraction, cfg.weight_type)
         for name, (rmin, rmax) in ranges.items():
             w = modules[name].weight
             w.copy_(clamp_to_range(w, rmin, rmax))
@@ -417,10 +421,7 @@ class QuantLinear(_QuantModule, nn.Linear):
 
     def _quantize_weight(self, group):
         cfg = self.quant_config
-        ranges = [m._weight_range() for m in group]  # a packed tensor's range: over all its parts
-        rmin = torch.stack([r[0] for r in ranges]).amin(dim=0)
-        rmax = torch.stack([r[1] for r in ranges]).amax(dim=0)
-        rmin, rmax = clipped_range(rmin, rmax, self.clip_fraction, cfg.weight_type)
+        rmin, rmax = clipped_range(*joint_range(m._weight_range() for m in group), self.clip_fraction, cfg.weight_type)
         scale, zero_point, lo, hi = qparams_from_range(rmin, rmax, cfg.weight_type, cfg.reduce_range)
 
         def weight():  # as exported: clamped to the clipped range (bake_weight_clip)

@@ -494,10 +494,11 @@ def smoke_setup(args):
 
 
 def phase_budget(r: Runner, fp32_run: str, qat_run: str) -> dict:
-    fp32, qat = run_info(r.work, fp32_run)["phases"]["fp32"], run_info(r.work, qat_run)["phases"]["qat"]
+    fp32, qat_info = run_info(r.work, fp32_run)["phases"]["fp32"], run_info(r.work, qat_run)
+    qat = qat_info["phases"]["qat"]
     return {"fp32": {k: fp32[k] for k in ("epochs", "lr")},
             "qat": {**{k: qat[k] for k in ("epochs", "lr", "distill_weight", "distill_temperature")},
-                    "weight_clip": run_info(r.work, qat_run).get("weight_clip", "none")}}
+                    "weight_clip": qat_info.get("weight_clip", "none")}}
 
 
 def run_seed(r: Runner, seed: int) -> dict:

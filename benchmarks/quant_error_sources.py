@@ -3,8 +3,8 @@
 Post-training quantization of a trained FP32 run (the arithmetic of quantize_dynamic, simulated exactly by
 quant_sim), taken apart: the test split scored with only the embedding tables quantized, only the Linear weights, only
 the Linears' input activations (dynamic uint8, per tensor), everything (= the INT8 model), and everything with each
-Linear's weights first clamped to the range that minimizes their quantization error (mean squared, over a grid of
-clip fractions; an exact rewrite for ONNX Runtime, which takes the clamped weight's min/max). For each: macro-F1,
+Linear's weights first clamped to the range that minimizes their quantization error, as train_eager_qat.py
+--weight-clip mse chooses and saves it (quant_sim.plan_weight_clip, bake_weight_clip). For each: macro-F1,
 agreement with the FP32 model's labels, and the logit error relative to the FP32 logits' spread. A lever that shrinks
 a source the table shows to be small cannot buy much; one that shrinks the large one may.
 
@@ -21,6 +21,7 @@ import datetime
 import json
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -30,7 +31,6 @@ sys.path.insert(0, str(ROOT))
 
 SETTINGS = {"7bit": True, "8bit": False}  # name -> reduce_range (int8 symmetric weights, per tensor)
 SOURCES = ("embeddings", "weights", "activations", "all", "all, weights clipped")
-CLIP_FRACTIONS = np.linspace(0.30, 1.0, 71)  # candidate clip ranges, as fractions of max |w|
 
 
 def parse_args(argv=None):
@@ -45,34 +45,14 @@ def parse_args(argv=None):
     return p.parse_args(argv)
 
 
-def mse_clip(w, reduce_range: bool) -> tuple[float, float]:
-    """The clip range alpha (and its fraction of max |w|) that minimizes ||w - Q(clamp(w, -alpha, alpha))||^2 for
-    ORT's symmetric int8 weights ([-127, 127], or [-64, 64] with reduce_range), on the CLIP_FRACTIONS grid."""
-    import torch
+def clip_linear_weights(model, qcfg) -> list[float]:
+    """Clamp every Linear's weight to its least-error range, in place, as `--weight-clip mse` chooses it
+    (quant_sim.plan_weight_clip) and saves it (bake_weight_clip); returns the chosen fractions of each range."""
+    from quant_sim import bake_weight_clip, plan_quantization, plan_weight_clip
 
-    qmax = 64.0 if reduce_range else 127.0
-    absmax = float(w.abs().max())
-    best = (float("inf"), 1.0)
-    for frac in CLIP_FRACTIONS:
-        alpha = absmax * float(frac)
-        scale = alpha / qmax
-        err = float(((torch.round(w.clamp(-alpha, alpha) / scale) * scale - w) ** 2).sum())
-        best = min(best, (err, float(frac)))
-    return absmax * best[1], best[1]
-
-
-def clip_linear_weights(model, reduce_range: bool) -> list[float]:
-    """Clamp every Linear's weight to its mse_clip range, in place; returns the chosen fractions."""
-    import torch
-
-    fracs = []
-    with torch.no_grad():
-        for m in model.modules():
-            if isinstance(m, torch.nn.Linear):
-                alpha, frac = mse_clip(m.weight, reduce_range)
-                m.weight.clamp_(-alpha, alpha)
-                fracs.append(frac)
-    return fracs
+    clip = plan_weight_clip(model, plan_quantization(model, qcfg)).weight_clip
+    bake_weight_clip(model, replace(qcfg, weight_clip=clip))
+    return list(clip.values())
 
 
 def quantize_weights_only(model, qcfg, embeddings: bool, linears: bool) -> None:
@@ -120,7 +100,7 @@ def variant(model, source: str, reduce_range: bool):
         return m, None
     if source == "activations":
         return m, None  # the caller wraps it in activations_quantized
-    fracs = clip_linear_weights(m, reduce_range) if source == "all, weights clipped" else None
+    fracs = clip_linear_weights(m, qcfg) if source == "all, weights clipped" else None
     return apply_fake_quant(m, plan_quantization(m, qcfg)), fracs
 
 
