@@ -151,6 +151,11 @@ def cpu_info() -> dict:
     return {"model": model, "machine": platform.machine().lower(), "flags": {f: f in flags for f in ISA_FLAGS}}
 
 
+def isa_text(cpu: dict) -> str:
+    """The tracked instruction-set extensions of a CPU (cpu_info()), written beside every measured figure."""
+    return ", ".join(f for f, on in cpu["flags"].items() if on) or "none of the tracked ones"
+
+
 def has_vnni(cpu: dict | None = None) -> bool:
     """x86 VNNI (AVX512-VNNI or AVX-VNNI): int8 dot products without the int16 saturation of AVX2's vpmaddubsw."""
     flags = (cpu or cpu_info())["flags"]
@@ -378,9 +383,24 @@ def atomic_files(final_dir: Path):
         shutil.rmtree(tmp, ignore_errors=True)
 
 
-def write_json(path: Path, obj) -> None:
+def write_text(path: Path, text: str) -> None:
     with atomic_output(path) as tmp:
-        tmp.write_text(json.dumps(obj, indent=2))
+        tmp.write_text(text)
+
+
+def write_json(path: Path, obj) -> None:
+    write_text(path, json.dumps(obj, indent=2))
+
+
+def save_report(out_dir: Path, name: str, data, markdown: str) -> Path:
+    """A benchmark's NAME.json and NAME.md, each whole or absent: data that JSON cannot hold fails before either
+    file is touched. Returns the .md path."""
+    out_dir = Path(out_dir)
+    text = json.dumps(data, indent=2)
+    write_text(out_dir / f"{name}.json", text)
+    write_text(out_dir / f"{name}.md", markdown.rstrip("\n") + "\n")
+    return out_dir / f"{name}.md"
+
 
 
 def file_size_mb(path) -> float:

@@ -24,8 +24,8 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from common import (INT8_FILE, MODELS_DIR, RUN_INFO_FILE, PipelineError, load_split, main_guard,  # noqa: E402
-                    write_json)
-from common import cpu_info  # noqa: E402
+                    save_report)
+from common import cpu_info, isa_text  # noqa: E402
 
 
 def compare(name: str, logits: np.ndarray, ref: np.ndarray, y_true: np.ndarray | None, labels) -> dict:
@@ -102,10 +102,7 @@ def main():
         "max_margin_of_changed": float(margin[ever_changed].max()) if ever_changed.any() else None,
         "texts_with_margin_under_0.05": int((margin < 0.05).sum()),
     }
-    out = Path(args.out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    write_json(out / "batch_dependence.json", report)
-    flags = ", ".join(f for f, on in report["cpu"]["flags"].items() if on) or "none"
+    flags = isa_text(report["cpu"])
     lines = [
         f"# Batch dependence of INT8 labels: {args.run_name}",
         "",
@@ -137,7 +134,7 @@ def main():
         "padding and no neighbours, so its result depends on the text only: that is serve.py's default. "
         "`--batch-mode shared` trades this for throughput.",
     ]
-    (out / "batch_dependence.md").write_text("\n".join(lines) + "\n")
+    save_report(Path(args.out_dir), "batch_dependence", report, "\n".join(lines))
     print("\n".join(lines))
 
 

@@ -28,7 +28,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from common import MODELS_DIR, PipelineError, cpu_info, main_guard, write_json  # noqa: E402
+from common import MODELS_DIR, PipelineError, cpu_info, isa_text, main_guard, save_report  # noqa: E402
 
 SMSA = ROOT.parent / "shared" / "data" / "smsa"
 DEFAULT_REPORT_DIR = ROOT / "benchmarks" / "reports"
@@ -200,11 +200,10 @@ def ratio(a, b):
     return a / b if a and b else None
 
 
-def write_report(out_dir: Path, meta: dict, results: list[dict], memory: list[dict], resume: dict, targets: dict):
-    flags = [f for f, on in meta["cpu"]["flags"].items() if on]
+def render_report(meta: dict, results: list[dict], memory: list[dict], resume: dict, targets: dict) -> str:
     lines = [f"# Scoring whole files: predict.py and Spark{' (SMOKE: tiny model, numbers meaningless)' if meta['smoke'] else ''}",
              "", f"- date: {meta['date']}; total time {meta['total_s'] / 60:.1f} min",
-             f"- CPU: {meta['cpu']['model']} ({os.cpu_count()} logical cores); ISA flags: {', '.join(flags)}",
+             f"- CPU: {meta['cpu']['model']} ({os.cpu_count()} logical cores); ISA flags: {isa_text(meta['cpu'])}",
              f"- machine load average at start / end: {meta['loadavg_start']} / {meta['loadavg_end']}"
              + (f"; {meta['note']}" if meta["note"] else ""),
              f"- run: `{meta['run_name']}` (max length {meta['max_length']}), model sha256 {meta['model_sha256'][:16]}...",
@@ -237,7 +236,7 @@ def write_report(out_dir: Path, meta: dict, results: list[dict], memory: list[di
               "| target | measured | met |", "|---|---|:---:|"]
     for t in targets.values():
         lines.append(f"| {t['target']} | {t['measured']} | {'yes' if t['met'] else 'NO'} |")
-    (out_dir / "batch_scoring.md").write_text("\n".join(lines) + "\n")
+    return "\n".join(lines)
 
 
 def fmt_ratio(x, suffix="x"):
@@ -345,10 +344,10 @@ def main(argv=None):
     meta["loadavg_end"] = " ".join(f"{x:.2f}" for x in os.getloadavg())
     meta["total_s"] = time.perf_counter() - started
     targets = evaluate_targets(results, memory, resume)
-    write_report(out_dir, meta, results, memory, resume, targets)
-    write_json(out_dir / "batch_scoring.json", {"meta": meta, "results": results, "memory": memory,
-                                                "resume": resume, "targets": targets})
-    print((out_dir / "batch_scoring.md").read_text())
+    text = render_report(meta, results, memory, resume, targets)
+    save_report(out_dir, "batch_scoring", {"meta": meta, "results": results, "memory": memory, "resume": resume,
+                                           "targets": targets}, text)
+    print(text)
 
 
 if __name__ == "__main__":

@@ -158,8 +158,10 @@ def short(name: str) -> str:
 
 
 def write_report(res: dict, out_dir: Path) -> Path:
+    from common import isa_text, save_report
+
     cpu = res["cpu"]
-    flags = ", ".join(f for f, on in cpu["flags"].items() if on) or "none"
+    flags = isa_text(cpu)
     lines = [f"# INT8 vs simulation, row by row and quantizer by quantizer: run `{res['run']}`", "",
              f"Measured {res['date']} on {cpu['model']} ({flags}), `python benchmarks/fidelity_trace.py "
              f"{' '.join(res['argv'])}` ({res['wall_s']:.0f} s). {res['n_rows']} test rows of {res['data']}, "
@@ -183,11 +185,7 @@ def write_report(res: dict, out_dir: Path) -> Path:
         for i, q in enumerate(t["quantizers"]):
             lines.append(f"| {i} | `{short(q['tensor'])}` | {q['inputs_differ']} of {q['elements']} | "
                          f"{q['max_abs_input_diff']:.1e} | {'yes' if q['scale_differs'] else 'no'} | {q['flipped']} |")
-    out_dir.mkdir(parents=True, exist_ok=True)
-    path = out_dir / f"{res['report_name'] or 'fidelity_trace_' + res['run']}.md"
-    path.write_text("\n".join(lines) + "\n")
-    path.with_suffix(".json").write_text(json.dumps(res, indent=2))
-    return path
+    return save_report(out_dir, res["report_name"] or f"fidelity_trace_{res['run']}", res, "\n".join(lines))
 
 
 def main(argv=None):

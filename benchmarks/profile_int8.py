@@ -54,7 +54,7 @@ def main():
     p.add_argument("--runs", type=int, default=5)
     p.add_argument("--out", default=str(ROOT / "benchmarks" / "reports" / "profile_int8.md"))
     args = p.parse_args()
-    from common import cpu_info
+    from common import cpu_info, isa_text, write_text
 
     folders = sorted((ROOT / "benchmarks" / ".cache").glob(f"{args.model}-*"), key=os.path.getmtime)
     if not folders:
@@ -69,7 +69,7 @@ def main():
     cpu = cpu_info()
     lines = [f"# Where the time goes: {args.model}, batch {args.batch} x {args.seq}, {args.threads} threads", "",
              f"ONNX Runtime profiler, mean kernel time per run; CPU {cpu['model']} "
-             f"({', '.join(f for f, on in cpu['flags'].items() if on)}).", ""]
+             f"({isa_text(cpu)}).", ""]
     for label, name in (("FP32", "model.onnx"), ("INT8", "model_int8.onnx")):
         ops = profile(folder / name, feed, args.threads, args.runs)
         total = sum(ops.values())
@@ -78,7 +78,7 @@ def main():
                   f"({gemm / total * 100:.0f}%)", "", "| operator | ms per run | share |", "|---|---|---|"]
         lines += [f"| {op} | {ms:.2f} | {ms / total * 100:.1f}% |" for op, ms in list(ops.items())[:12]]
         lines.append("")
-    Path(args.out).write_text("\n".join(lines))
+    write_text(Path(args.out), "\n".join(lines))
     print("\n".join(lines))
 
 

@@ -321,11 +321,11 @@ def setting_stats(rows, setting: str, info: dict) -> dict:
 
 
 def write_report(rows, ablation, args, info, out_dir: Path, elapsed_s: float):
-    from common import cpu_info
+    from common import cpu_info, isa_text, save_report
 
     cpu = cpu_info()
     report = args.report_name  # file names
-    flags = ", ".join(f for f, on in cpu["flags"].items() if on) or "none of the tracked ones"
+    flags = isa_text(cpu)
     stats = {s: setting_stats(rows, s, info) for s in args.settings}
     b = rows[0]["budget"]
     L = [f"# FP32 vs PTQ vs the default QAT recipe on {info['data']}", "",
@@ -399,13 +399,11 @@ def write_report(rows, ablation, args, info, out_dir: Path, elapsed_s: float):
     if (out_dir / reading).is_file():
         L += [f"A reading of these results written by hand (for the run it names; this generator never writes it): "
               f"[{reading}]({reading}).", ""]
-    out_dir.mkdir(parents=True, exist_ok=True)
-    (out_dir / f"{report}.md").write_text("\n".join(L))
     config = {k: (os.path.relpath(v, ROOT) if k in ("data_dir", "work_dir", "out_dir", "model") and os.path.isabs(str(v))
                   else v) for k, v in vars(args).items() if k != "defaults"}  # no machine's absolute paths
-    (out_dir / f"{report}.json").write_text(json.dumps(
-        {"config": config, "cpu": cpu, "date": datetime.date.today().isoformat(), "wall_s": None if args.from_files else elapsed_s,
-         "info": info, "per_seed": rows, "paired": stats, "ablation": ablation}, indent=2))
+    save_report(out_dir, report, {"config": config, "cpu": cpu, "date": datetime.date.today().isoformat(),
+                                  "wall_s": None if args.from_files else elapsed_s, "info": info, "per_seed": rows,
+                                  "paired": stats, "ablation": ablation}, "\n".join(L))
     plot(rows, args.settings, out_dir / f"{report}.png")
     print("\n".join(L))
 
@@ -575,8 +573,6 @@ def main():
 
 
 def report_info(r: Runner, args) -> dict:
-    import pandas as pd
-
     from common import load_split
     from model_card import shown_path
 

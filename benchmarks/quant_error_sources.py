@@ -161,7 +161,9 @@ def measure(args) -> dict:
 
 
 def write_report(res: dict, out_dir: Path, name: str) -> Path:
-    flags = ", ".join(f for f, on in res["cpu"]["flags"].items() if on) or "none"
+    from common import isa_text, save_report
+
+    flags = isa_text(res["cpu"])
     L = [f"# Where the INT8 error comes from: `{Path(res['run_dir']).name}`", "",
          f"Measured {res['date']} on {res['cpu']['model']} ({flags}) in {res['seconds']:.0f} s: model "
          f"`{res['model']}`, seed {res['seed']}, {res['n_train']} training rows, {res['rows']} {res['split']} rows of "
@@ -175,11 +177,8 @@ def write_report(res: dict, out_dir: Path, name: str) -> Path:
         L.append(f"| {r['setting']} | {r['source']} | {r['macro_f1']:.2f} | {r['agreement_with_fp32']:.1f}% | "
                  f"{r['rel_logit_error']:.3f} | {r['max_abs_logit_diff']:.3f} | {clip} |")
     L.append("")
-    out_dir.mkdir(parents=True, exist_ok=True)
-    (out_dir / f"{name}.json").write_text(json.dumps(res, indent=2))
-    (out_dir / f"{name}.md").write_text("\n".join(L))
     print("\n".join(L))
-    return out_dir / f"{name}.md"
+    return save_report(out_dir, name, res, "\n".join(L))
 
 
 def main(argv=None):

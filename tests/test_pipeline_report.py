@@ -63,6 +63,9 @@ def test_markdown_states_cpu_command_and_tables(reported):
     assert md.count("| `eval_") == 5 and "onnx_int8_dynamic_per_text vs eager_qat_per_text" in md
     weights = s["training"]["loss_weights"]
     assert "loss cross-entropy with label weights " + ", ".join(f"{l} {w:.2f}" for l, w in weights.items()) in md
+    phases = s["phases"]
+    ratio = (phases["fp32"]["wall_s"] + phases["qat"]["wall_s"]) / phases["fp32"]["wall_s"]
+    assert f"Training took {ratio:.2f}x the FP32 phase alone" in md  # the time target's figure, from run_info
 
 
 def test_no_run_reports_the_same_run_without_times(reported):

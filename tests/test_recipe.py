@@ -373,3 +373,28 @@ def test_weight_range_benchmark_on_this_cpu(runs, tmp_path):
         assert eight["agreement"] == u8u8["agreement"] == 1.0 and max(eight["max_abs_logit_diff"],
                                                                         u8u8["max_abs_logit_diff"]) < 1e-4
     assert res["cpu"]["model"] in (tmp_path / "weight_range_recipe.md").read_text() and "texts/s" in proc.stdout
+
+
+def test_error_sources_benchmark_all_row_is_the_runs_simulation(runs, tmp_path):
+    """benchmarks/quant_error_sources.py takes a run's quantization apart; its "all" row, on the recipe run (7-bit
+    weights, what it was trained and quantized with), must be eval_eager_qat.py's simulation: the same logit error
+    against the same FP32 logits, in the same batches (8-bit weights would give about a third of it on this run)."""
+    import numpy as np
+
+    for mode in ("--fake-quant", "--no-fake-quant"):
+        run_step("eval_eager_qat.py", "--run-name", "recipe", mode, "--latency-samples", 0, env=runs["env"])
+    metrics = {s: json.loads((runs["tmp"] / "results" / "recipe" / f"metrics_eager_{s}.json").read_text())
+               for s in ("qat", "fp32")}
+    sim, fp32 = (np.array(metrics[s]["logits"]) for s in ("qat", "fp32"))
+    run_step("benchmarks/quant_error_sources.py", "--run-dir", runs["tmp"] / "models" / "recipe", "--settings", "7bit",
+             "--batch-size", metrics["qat"]["batch_size"], "--out-dir", tmp_path, "--report-name", "qes",
+             env=runs["env"])
+    res = json.loads((tmp_path / "qes.json").read_text())
+    rows = {r["source"]: r for r in res["results"]}
+    assert list(rows) == ["none (FP32)", "embeddings", "weights", "activations", "all", "all, weights clipped"]
+    assert rows["all"]["rel_logit_error"] == pytest.approx(np.abs(sim - fp32).mean() / fp32.std(), rel=1e-3)
+    assert rows["all"]["macro_f1"] == pytest.approx(metrics["qat"]["f1_macro"] * 100, abs=1e-9)
+    assert rows["none (FP32)"]["rel_logit_error"] == 0
+    clipped = rows["all, weights clipped"]
+    assert 0.3 <= clipped["clip_fraction_min"] <= clipped["clip_fraction_median"] <= 1
+    assert res["rows"] == len(sim) and res["cpu"]["model"] in (tmp_path / "qes.md").read_text()
