@@ -194,7 +194,7 @@ def evaluate(run: Run, settings: EvalSettings, stage: str, model_path: Path, pre
                           out_dir / f"confusion_matrix_{stage}.png")
     print_report(metrics, out_dir, stage)
     if run.own_data:  # the model card shows the run's own test split only
-        print(f"  wrote the model card {write_model_card(run.dir, out_dir)}")
+        print(f"  wrote the model card {write_model_card(run, out_dir)}")
     return metrics
 
 

@@ -15,8 +15,9 @@ import json
 import os
 from pathlib import Path
 
-from common import (INT8_FILE, LINEAGE_FILE, ONNX_FILE, QUANT_CONFIG_FILE, ROOT, RUN_INFO_FILE, STATE_DICT_FILE,
-                    atomic_output, file_size_mb, read_lineage, sha256_file)
+from common import (INT8_FILE, LINEAGE_FILE, ONNX_FILE, ROOT, STATE_DICT_FILE, atomic_output,
+                    file_size_mb, read_lineage, sha256_file)
+from run import Run
 
 CARD_FILE = "README.md"
 CURVE_FILE = "training_curve.png"
@@ -136,15 +137,15 @@ def plot_training_curve(info: dict, path: Path) -> bool:
     return True
 
 
-def card_text(rdir: Path, rres: Path, has_curve: bool) -> str:
-    info = json.loads((rdir / RUN_INFO_FILE).read_text())
-    quant = json.loads((rdir / QUANT_CONFIG_FILE).read_text()) if (rdir / QUANT_CONFIG_FILE).is_file() else {}
+def card_text(run: Run, rres: Path, has_curve: bool) -> str:
+    """The card of the run as trained (run.info: an evaluation's --max-length or --data-dir does not change it)."""
+    rdir, info, quant = run.dir, run.info, run.quant
     lineage = read_lineage(rdir)
     metrics, left_out = current_metrics(rdir, rres)
-    run, max_length = rdir.name, info.get("max_length", 128)
+    max_length = info.get("max_length", 128)
     rel_res = os.path.relpath(rres, rdir)
     today = datetime.date.today().isoformat()
-    L = [f"# {run}", "",
+    L = [f"# {run.name}", "",
          f"Model card written by `model_card.py` from the run's files on {today} (every evaluation step rewrites it). "
          f"Labels: {', '.join(f'`{l}`' for l in info.get('labels', []))}.", "",
          "## Model", "",
@@ -221,7 +222,7 @@ def card_text(rdir: Path, rres: Path, has_curve: bool) -> str:
           "", "## Use it", "",
           "From the repository root ([README_DEPLOYMENT.md](../../README_DEPLOYMENT.md) has the details):", "",
           "```python", "import json, numpy as np, onnxruntime as ort", "from transformers import AutoTokenizer", "",
-          f'run = "models/{run}"',
+          f'run = "models/{run.name}"',
           "tokenizer = AutoTokenizer.from_pretrained(run)",
           'info = json.load(open(f"{run}/run_info.json"))',
           f'session = ort.InferenceSession(f"{{run}}/{INT8_FILE}", providers=["CPUExecutionProvider"])',
@@ -229,22 +230,21 @@ def card_text(rdir: Path, rres: Path, has_curve: bool) -> str:
           'logits = session.run(None, {k: enc[k].astype(np.int64) for k in info["input_names"]})[0]',
           'print(info["labels"][int(logits.argmax())])', "",
           "from predictor import Predictor",
-          f'print(Predictor("models/{run}", per_text=True).predict(["makanannya enak sekali"]))', "```", "",
+          f'print(Predictor("models/{run.name}", per_text=True).predict(["makanannya enak sekali"]))', "```", "",
           "```bash",
-          f"python serve.py --run-name {run}",
-          f"python predict.py --run-name {run} --input texts.csv --output scored.csv",
+          f"python serve.py --run-name {run.name}",
+          f"python predict.py --run-name {run.name} --input texts.csv --output scored.csv",
           "```", ""]
     return "\n".join(L)
 
 
-def write_model_card(rdir: Path, rres: Path) -> Path:
-    """Write models/<run>/README.md and results/<run>/training_curve.png from the run's files; returns the card."""
-    rdir, rres = Path(rdir), Path(rres)
-    info = json.loads((rdir / RUN_INFO_FILE).read_text())
-    has_curve = plot_training_curve({**info, "run": rdir.name}, rres / CURVE_FILE)
-    card = rdir / CARD_FILE
+def write_model_card(run: Run, rres: Path) -> Path:
+    """Write models/<run>/README.md and rres/training_curve.png from the run as loaded; returns the card."""
+    rres = Path(rres)
+    has_curve = plot_training_curve({**run.info, "run": run.name}, rres / CURVE_FILE)
+    card = run.dir / CARD_FILE
     with atomic_output(card) as tmp:
-        tmp.write_text(card_text(rdir, rres, has_curve))
+        tmp.write_text(card_text(run, rres, has_curve))
     return card
 
 
@@ -253,7 +253,7 @@ def main():
     from run import load_run
 
     run = load_run(base_parser(__doc__).parse_args())
-    print(f"wrote {write_model_card(run.dir, run.results_dir)}")
+    print(f"wrote {write_model_card(run, run.results_dir)}")
 
 
 if __name__ == "__main__":

@@ -203,10 +203,10 @@ def main():
     run = load_run(args)
     rdir = run.dir
     fp32 = require_file(rdir / ONNX_FILE, "export_to_onnx.py")
-    qcfg_path = require_file(rdir / QUANT_CONFIG_FILE, "train_eager_qat.py")
     verify_lineage(rdir, ONNX_FILE)  # the ONNX model is an export of the run's current weights
-    made_from = file_hashes(rdir, [ONNX_FILE, QUANT_CONFIG_FILE])
-    qcfg = QuantConfig.load(qcfg_path)
+    # the settings as the Run read them, with the hash of the bytes they were parsed from
+    made_from = {**file_hashes(rdir, [ONNX_FILE]), QUANT_CONFIG_FILE: run.quant_sha256}
+    qcfg = QuantConfig(**run.quant)
     out = rdir / INT8_FILE
     with atomic_output(out) as tmp:
         try:

@@ -352,6 +352,29 @@ def test_gate_refuses_an_onnx_runtime_that_drifted(first_training, monkeypatch):
     assert (clone / LINEAGE_FILE).read_text() == lineage_before
 
 
+def test_quantize_uses_the_settings_it_read_once(first_training, monkeypatch):
+    """quant_config.json replaced after the step loaded the run (another --target-cpu trained into the folder): the
+    step quantizes with the settings it read and, finding the file changed, writes no INT8 model rather than record
+    settings it did not use."""
+    w = first_training
+    clone = w["tmp"] / "models" / "moved"
+    shutil.copytree(w["old"] / "models", clone)
+    (clone / INT8_FILE).unlink()
+    q = quantize_in_process(monkeypatch, w, "moved", "--gate-rows", "0")
+    real_load_run = q.load_run
+
+    def load_then_replace(args):
+        run = real_load_run(args)
+        cfg = json.loads((clone / QUANT_CONFIG_FILE).read_text())
+        (clone / QUANT_CONFIG_FILE).write_text(json.dumps({**cfg, "reduce_range": not cfg["reduce_range"]}))
+        return run
+
+    monkeypatch.setattr(q, "load_run", load_then_replace)
+    with pytest.raises(PipelineError, match="quant_config.json in .* changed while this step read it"):
+        q.main()
+    assert not (clone / INT8_FILE).exists() and not list(clone.glob("*.partial"))
+
+
 def test_ptq_run_is_not_gated(first_training, monkeypatch, capsys):
     """A --no-qat run has no simulation: INT8 differs from the FP32 model, and that is reported, not refused."""
     w = first_training

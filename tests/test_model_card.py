@@ -66,16 +66,17 @@ def test_a_new_evaluation_rewrites_the_card(run):
 def test_metrics_of_other_weights_are_left_out(run, tmp_path):
     """A metrics file measured on another model_qat.pth (before a retrain) must not appear as the run's."""
     from model_card import write_model_card
+    from run import Run
 
     results = tmp_path / "results"
     shutil.copytree(run["results"], results)
     m = json.loads((results / "metrics_eager_qat.json").read_text())
     m.update(stage="eager_fp32", lineage={**m["lineage"], "model_qat.pth": "0" * 64}, accuracy=0.123456)
     (results / "metrics_eager_fp32.json").write_text(json.dumps(m))
-    text = write_model_card(run["run"], results).read_text()
+    text = write_model_card(Run.load(run["run"]), results).read_text()
     assert "(`eager_fp32`)" not in text and "12.35" not in text
     assert "Left out: `eager_fp32` (measured on another model_qat.pth" in text
-    write_model_card(run["run"], run["results"])  # put the run's own card back
+    write_model_card(Run.load(run["run"]), run["results"])  # put the run's own card back
 
 
 def test_no_curve_for_a_run_that_recorded_none(tmp_path):
