@@ -99,6 +99,11 @@ def parse_args(argv=None):
     return args
 
 
+def run_script(cmd: list, env: dict) -> subprocess.CompletedProcess:
+    """One pipeline script, `python SCRIPT ARGS` from the repository root, its output captured."""
+    return subprocess.run(cmd, env=env, cwd=ROOT, capture_output=True, text=True)
+
+
 class Runner:
     """Runs the pipeline's scripts with outputs under work_dir; records each training's wall time."""
 
@@ -114,8 +119,7 @@ class Runner:
 
     def step(self, script, *extra) -> float:
         t0 = time.time()
-        proc = subprocess.run([sys.executable, str(ROOT / script), *self.common, *map(str, extra)], env=self.env,
-                              cwd=ROOT, capture_output=True, text=True)
+        proc = run_script([sys.executable, str(ROOT / script), *self.common, *map(str, extra)], self.env)
         if proc.returncode != 0:
             sys.exit(f"{script} {' '.join(map(str, extra))} failed:\n{proc.stdout[-2000:]}\n{proc.stderr[-2000:]}")
         elapsed = time.time() - t0

@@ -92,11 +92,15 @@ def run_plain(cmd: list, env: dict, timeout: float) -> subprocess.CompletedProce
 
 def run_step(script, *args, env, check=True, timeout=900):
     """`python SCRIPT ARGS` from the repository root, as the shell runs it (forked from StepServer when it can)."""
-    cmd = [sys.executable, str(ROOT / script), *map(str, args)]
-    proc = StepServer.run(cmd, env, timeout) if StepServer.serves(env) else run_plain(cmd, env, timeout)
+    proc = run_cmd([sys.executable, str(ROOT / script), *map(str, args)], env, timeout)
     if check and proc.returncode != 0:
         raise AssertionError(f"{script} failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
     return proc
+
+
+def run_cmd(cmd: list, env: dict, timeout: float = 900) -> subprocess.CompletedProcess:
+    """A Python command from the repository root: forked from StepServer when it can, else a fresh interpreter."""
+    return StepServer.run(cmd, env, timeout) if StepServer.serves(env) else run_plain(cmd, env, timeout)
 
 
 def run_steps(run_name: str, *scripts, env) -> dict:

@@ -2,6 +2,8 @@
 is checked against numbers recomputed here from the runs' own files (predictions, logits, test labels, run_info), and
 its paired statistics against a direct computation."""
 
+import contextlib
+import io
 import json
 import shutil
 import subprocess
@@ -14,6 +16,7 @@ import pytest
 from sklearn.metrics import f1_score
 
 from common import has_vnni
+from helpers import run_cmd
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "benchmarks"))
@@ -29,6 +32,25 @@ SMOKE_OPTIONS = ["--max-length", "24", "--group-by-length", "--class-weight", "n
                  "--max-train-samples", "200", "--epochs", "1", "--lr", "2e-3", "--qat-epochs", "1", "--qat-lr", "1e-3"]
 
 
+def benchmark(*argv) -> subprocess.CompletedProcess:
+    """`python benchmarks/ptq_vs_qat.py ARGV`, run in this process with its pipeline scripts forked from the test
+    worker's step server (helpers.run_cmd) instead of each starting Python and importing torch anew."""
+    import ptq_vs_qat
+
+    argv = [str(a) for a in argv]
+    out, err, code = io.StringIO(), io.StringIO(), 0
+    with pytest.MonkeyPatch.context() as mp, contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        mp.setattr(ptq_vs_qat, "run_script", lambda cmd, env: run_cmd(cmd, env, timeout=1800))
+        mp.setattr(sys, "argv", ["ptq_vs_qat.py", *argv])
+        try:
+            ptq_vs_qat.main()
+        except SystemExit as e:  # sys.exit("message") exits 1 with the message on stderr, as from the shell
+            code = e.code if isinstance(e.code, int) else 1
+            if isinstance(e.code, str):
+                print(e.code, file=err)
+    return subprocess.CompletedProcess(argv, code, out.getvalue(), err.getvalue())
+
+
 @pytest.fixture(scope="module")
 def smoke(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("ptq")
@@ -36,10 +58,8 @@ def smoke(tmp_path_factory):
     out.mkdir()
     (out / "ptq_vs_qat_reading.md").write_text(READING)
     # --max-length, --seeds and the non-default flags given explicitly: the smoke mode must pass them on
-    proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "ptq_vs_qat.py"), "--smoke", "--max-length", "24",
-                           "--seeds", "7", "--group-by-length", "--class-weight", "none", "--distill-weight", "0.3",
-                           "--out-dir", str(out), "--work-dir", str(tmp / "work")],
-                          capture_output=True, text=True, timeout=3600)  # a hang guard
+    proc = benchmark("--smoke", "--max-length", "24", "--seeds", "7", "--group-by-length", "--class-weight", "none",
+                     "--distill-weight", "0.3", "--out-dir", out, "--work-dir", tmp / "work")
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
     work = tmp / "work"
     return {"out": out, "work": work, "report": json.loads((out / "ptq_vs_qat.json").read_text()),
@@ -168,10 +188,9 @@ def test_margins_of_the_rows_where_int8_differs():
 def test_report_from_files_equals_the_measured_one(smoke, tmp_path):
     """--from-files renders the same per-seed numbers from the runs' files without training anything."""
     cfg = smoke["report"]["config"]
-    proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "ptq_vs_qat.py"), "--from-files", "--seeds", "7",
-                           "--max-length", "24", "--data-dir", str(smoke["work"] / "data"), "--work-dir",
-                           str(smoke["work"]), "--out-dir", str(tmp_path), "--report-name", "again",
-                           "--settings", *cfg["settings"]], capture_output=True, text=True, timeout=600)
+    proc = benchmark("--from-files", "--seeds", "7", "--max-length", "24", "--data-dir", smoke["work"] / "data",
+                     "--work-dir", smoke["work"], "--out-dir", tmp_path, "--report-name", "again",
+                     "--settings", *cfg["settings"])
     assert proc.returncode == 0, proc.stderr[-2000:]
     again = json.loads((tmp_path / "again.json").read_text())["per_seed"][0]
     first = smoke["report"]["per_seed"][0]
@@ -188,16 +207,14 @@ def test_ablations_over_finished_arms(smoke, tmp_path):
     shutil.copytree(smoke["work"], work)
     arm_model = work / "models" / "qat-s7-7bit" / "model_qat_int8_dynamic.onnx"
     before = arm_model.stat().st_mtime_ns
-    proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "ptq_vs_qat.py"), "--from-files", "--seeds", "7",
-                           "--max-length", "24", "--data-dir", str(work / "data"), "--work-dir", str(work),
-                           "--out-dir", str(tmp_path), "--report-name", "abl", "--settings", "7bit",
-                           "--ablations", "nodistill"], capture_output=True, text=True, timeout=600)
+    proc = benchmark("--from-files", "--seeds", "7", "--max-length", "24", "--data-dir", work / "data", "--work-dir",
+                     work, "--out-dir", tmp_path, "--report-name", "abl", "--settings", "7bit", "--ablations",
+                     "nodistill")
     # the arms' options, not the defaults: the ablations must differ from them in the piece switched off only
     assert proc.returncode == 1 and "class_weight none (now balanced)" in proc.stderr
     assert "qat phase lr 0.001 (now 3e-05)" in proc.stderr and "data_dir" in proc.stderr
-    proc = subprocess.run(proc.args + SMOKE_OPTIONS + ["--model", run_info(work, "fp32-s7")["model"], "--data-dir",
-                                                       str(smoke["work"] / "data")],
-                          capture_output=True, text=True, timeout=600)
+    proc = benchmark(*proc.args, *SMOKE_OPTIONS, "--model", run_info(work, "fp32-s7")["model"], "--data-dir",
+                     smoke["work"] / "data")
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
     report = json.loads((tmp_path / "abl.json").read_text())
     assert list(report["ablation"]) == ["nodistill"]
