@@ -402,7 +402,6 @@ def save_report(out_dir: Path, name: str, data, markdown: str) -> Path:
     return out_dir / f"{name}.md"
 
 
-
 def file_size_mb(path) -> float:
     return os.path.getsize(path) / 1e6
 

@@ -238,8 +238,9 @@ def main():
                  rerendered={"date": datetime.date.today().isoformat(), "args": sys.argv[1:]})
     from common import save_report  # after run_pipeline: a fresh clone's first run installs what common needs
 
-    save_report(out, f"pipeline_{run}", s, render(s))
-    print(render(s))
+    text = render(s)
+    save_report(out, f"pipeline_{run}", s, text)
+    print(text)
 
 
 if __name__ == "__main__":
