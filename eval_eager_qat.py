@@ -10,7 +10,7 @@ run trained with --no-qat) and the confusion matrix PNG.
 from common import (QUANT_CONFIG_FILE, STATE_DICT_FILE, base_parser, check_unchanged, file_hashes, load_run_model,
                     main_guard)
 from evaluation import EvalSettings, add_per_text_option, evaluate
-from quant_sim import QuantConfig, apply_fake_quant
+from quant_sim import apply_fake_quant
 from run import load_run
 from runtime import torch_predict_fn
 
@@ -29,7 +29,7 @@ def parse_args():
 def main():
     args = parse_args()
     run = load_run(args)
-    qcfg = QuantConfig(**run.quant)
+    qcfg = run.quant_config()
     fake_quant = qcfg.qat if args.fake_quant is None else args.fake_quant
     # What this stage measures: the weights and config, hashed before they are loaded, so a file replaced in between
     # is not measured under the old hash; + the quantization settings it simulates, as the Run read them.

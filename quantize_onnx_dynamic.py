@@ -206,7 +206,7 @@ def main():
     verify_lineage(rdir, ONNX_FILE)  # the ONNX model is an export of the run's current weights
     # the settings as the Run read them, with the hash of the bytes they were parsed from
     made_from = {**file_hashes(rdir, [ONNX_FILE]), QUANT_CONFIG_FILE: run.quant_sha256}
-    qcfg = QuantConfig(**run.quant)
+    qcfg = run.quant_config()
     out = rdir / INT8_FILE
     with atomic_output(out) as tmp:
         try:

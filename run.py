@@ -55,6 +55,17 @@ class Run:
             raise PipelineError(f"{self.dir / QUANT_CONFIG_FILE} changed since this run was read (re-trained or "
                                 f"re-quantized meanwhile): load the run again")
 
+    def quant_config(self):
+        """quant_config.json as quant_sim's QuantConfig (imports torch: for the steps that simulate or quantize);
+        settings this code cannot read are refused with one line."""
+        from quant_sim import QuantConfig
+
+        try:
+            return QuantConfig(**self.quant)
+        except (TypeError, ValueError) as e:
+            raise PipelineError(f"{self.dir / QUANT_CONFIG_FILE} holds settings this code cannot read ({e}): re-run "
+                                f"train_eager_qat.py for this run")
+
     def test_file_sha256(self) -> str:
         return sha256_file(require_file(Path(self.data_dir) / "test.csv", "prepare_data.py"))
 

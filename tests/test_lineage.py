@@ -375,6 +375,22 @@ def test_quantize_uses_the_settings_it_read_once(first_training, monkeypatch):
     assert not (clone / INT8_FILE).exists() and not list(clone.glob("*.partial"))
 
 
+def test_unreadable_quant_config_is_one_line(first_training):
+    """A quant_config.json with a setting this code does not know (edited by hand, or written by another version):
+    quantize and the eager evaluation refuse it in one line naming the file, and no INT8 model is written."""
+    w = first_training
+    clone = w["tmp"] / "models" / "unknown-key"
+    shutil.copytree(w["old"] / "models", clone)
+    (clone / INT8_FILE).unlink()
+    cfg = json.loads((clone / QUANT_CONFIG_FILE).read_text())
+    (clone / QUANT_CONFIG_FILE).write_text(json.dumps({**cfg, "bits": 4}))
+    for script in ("quantize_onnx_dynamic.py", "eval_eager_qat.py"):
+        proc = run_step(script, "--run-name", "unknown-key", env=w["env"], check=False)
+        assert proc.returncode == 2 and len(proc.stderr.strip().splitlines()) == 1, proc.stderr[-2000:]
+        assert f"{QUANT_CONFIG_FILE} holds settings this code cannot read" in proc.stderr and "'bits'" in proc.stderr
+    assert not (clone / INT8_FILE).exists()
+
+
 def test_ptq_run_is_not_gated(first_training, monkeypatch, capsys):
     """A --no-qat run has no simulation: INT8 differs from the FP32 model, and that is reported, not refused."""
     w = first_training
